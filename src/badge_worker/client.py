@@ -1,0 +1,124 @@
+"""Publish commands and collect their outcomes: what an upstream module and a downstream
+subscriber do. Used by the demo, the benchmark and the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from badge_worker import constants as K
+from badge_worker.adapters.kafka_io import ensure_topics, partitions_of
+from badge_worker.settings import Settings
+
+Coord = tuple[str, int, int]  # input topic, partition, offset
+
+
+@dataclass(frozen=True)
+class Outcome:
+    input: Coord
+    topic: str  # results or errors
+    body: dict[str, Any]
+    received_at: float
+
+    @property
+    def code(self) -> int:
+        errors = self.body.get("errors") or []
+        return int(errors[0]["code"]) if errors else 200
+
+
+class Publisher:
+    """An idempotent producer; `send` returns the input coordinates of each command."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                         enable_idempotence=True, acks="all", linger_ms=5)
+        self.sent_at: dict[Coord, float] = {}
+
+    async def __aenter__(self) -> Publisher:
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.producer.stop()
+
+    def key_for(self, topic: str, body: Any) -> bytes | None:
+        if not isinstance(body, dict):
+            return None
+        field = "badgeMetaId" if topic == self.settings.topic_claims else "customerId"
+        value = body.get(field)
+        return None if value is None else str(value).encode()
+
+    async def send_many(self, topic: str, bodies: list[Any], *, raw: bool = False) -> list[Coord]:
+        futures = []
+        for body in bodies:
+            value = body if raw else json.dumps(body).encode()
+            futures.append((await self.producer.send(topic, value, key=self.key_for(topic, body)), time.time()))
+        coords = []
+        for fut, started in futures:
+            meta = await fut
+            coord = (topic, meta.partition, meta.offset)
+            self.sent_at[coord] = started
+            coords.append(coord)
+        return coords
+
+    async def send(self, topic: str, body: Any, *, raw: bool = False) -> Coord:
+        return (await self.send_many(topic, [body], raw=raw))[0]
+
+
+class Collector:
+    """A read_committed subscriber of the results and errors topics, from their current end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                         isolation_level="read_committed", enable_auto_commit=False)
+        self.outcomes: list[Outcome] = []
+
+    async def __aenter__(self) -> Collector:
+        await ensure_topics(self.settings)
+        tps = await partitions_of(self.settings, [self.settings.topic_results, self.settings.topic_errors])
+        await self.consumer.start()
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end positions now, before anything is published
+            await self.consumer.position(tp)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def poll(self, timeout_ms: int = 500) -> list[Outcome]:
+        batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        now = time.time()
+        fresh = []
+        for tp, records in batch.items():
+            for rec in records:
+                headers = {k: v.decode() for k, v in rec.headers or ()}
+                coord = (headers.get(K.H_INPUT_TOPIC, ""), int(headers.get(K.H_INPUT_PARTITION, -1)),
+                         int(headers.get(K.H_INPUT_OFFSET, -1)))
+                fresh.append(Outcome(coord, tp.topic, json.loads(rec.value or b"null"), now))
+        self.outcomes += fresh
+        return fresh
+
+    async def wait_for(self, coords: list[Coord] | set[Coord], timeout: float = 60.0) -> dict[Coord, Outcome]:
+        """First outcome of each coordinate; raises TimeoutError naming how many are missing."""
+        wanted = set(coords)
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = {o.input: o for o in reversed(self.outcomes) if o.input in wanted}
+            if len(seen) == len(wanted):
+                return seen
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(wanted) - len(seen)} of {len(wanted)} outcomes missing")
+            await self.poll()
+
+    def count_by_input(self) -> dict[Coord, int]:
+        counts: dict[Coord, int] = {}
+        for o in self.outcomes:
+            counts[o.input] = counts.get(o.input, 0) + 1
+        return counts

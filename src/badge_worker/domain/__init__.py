@@ -1,0 +1,1 @@
+"""Pure domain core: models, rules, windows, expiry and error codes. No I/O, no client imports."""

@@ -1,0 +1,278 @@
+"""Badge definitions in the shape of the vendor's "Get badge by ID" response.
+
+Every model keeps unknown fields (extra="allow") so that a definition loaded and written
+back loses nothing; the fields the rules read are typed and validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+
+from badge_worker.domain.timeutil import TimeUnit, parse_instant
+
+
+def _instant(value: object) -> float:
+    return parse_instant(value)
+
+
+def _instant_or_none(value: object) -> float | None:
+    return None if value is None else parse_instant(value)
+
+
+Instant = Annotated[float, BeforeValidator(_instant)]
+OptionalInstant = Annotated[float | None, BeforeValidator(_instant_or_none)]
+Unit = Annotated[TimeUnit, BeforeValidator(lambda v: TimeUnit.parse(v) if isinstance(v, str) else v),
+                 PlainSerializer(lambda u: u.value, return_type=str)]
+OptionalUnit = Annotated[
+    TimeUnit | None,
+    BeforeValidator(lambda v: TimeUnit.parse(v) if isinstance(v, str) else v),
+    PlainSerializer(lambda u: None if u is None else u.value, return_type=str | None),
+]
+
+
+class OwnerType(StrEnum):
+    """Owner modules, written in the seed's spelling; matched case-insensitively."""
+
+    LOYALTY = "Loyalty"
+    LOYALTY_PROMOTION = "Loyalty_Promotion"
+    REFERRAL_CAMPAIGNS = "Referral_Campaigns"
+    JOURNEYS = "Journeys"
+    AUDIENCE_CAMPAIGNS = "Audience_Campaigns"
+    REWARDS_CATALOG = "Rewards_Catalog"
+    GOODWILL_MODULE = "Goodwill_Module"
+    MILESTONES = "Milestones"
+    HISTORICAL_IMPORT = "Historical_Import"
+
+    @classmethod
+    def parse(cls, value: object) -> OwnerType:
+        if not isinstance(value, str):
+            raise ValueError(f"ownerType must be a string, got {type(value).__name__}")
+        key = value.strip().upper().replace(" ", "_").replace("-", "_")
+        # The vendor's table also spells the promotion owner in the plural.
+        key = {"LOYALTY_PROMOTIONS": "LOYALTY_PROMOTION"}.get(key, key)
+        for member in cls:
+            if member.value.upper() == key:
+                return member
+        raise ValueError(f"unknown ownerType {value!r}")
+
+
+class EarnType(StrEnum):
+    EARN = "EARN"
+    ISSUE_EARN = "ISSUE_EARN"
+
+    @classmethod
+    def parse(cls, value: object) -> EarnType:
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("earnType must be a string")
+        return cls(value.strip().upper().replace(" ", "_").replace("&", "").replace("__", "_"))
+
+
+class ConstraintType(StrEnum):
+    CUSTOMER_BADGE_FIXED_VALUE = "CUSTOMER_BADGE_FIXED_VALUE"
+    CUSTOMER_BADGE_FIXED_WINDOW = "CUSTOMER_BADGE_FIXED_WINDOW"
+    CUSTOMER_BADGE_ROLLING_WINDOW = "CUSTOMER_BADGE_ROLLING_WINDOW"
+    CUSTOMER_BADGE_NO_LIMIT = "CUSTOMER_BADGE_NO_LIMIT"
+    BADGE_FIXED_VALUE = "BADGE_FIXED_VALUE"
+    BADGE_FIXED_WINDOW = "BADGE_FIXED_WINDOW"
+    BADGE_ROLLING_WINDOW = "BADGE_ROLLING_WINDOW"
+    BADGE_NO_LIMIT = "BADGE_NO_LIMIT"
+
+    @property
+    def is_customer(self) -> bool:
+        return self.value.startswith("CUSTOMER_")
+
+
+class _Open(BaseModel):
+    """Base: unknown fields are kept and written back."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class Claim(_Open):
+    ownerType: str
+    referenceId: str
+    isActive: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _coerce(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("referenceId"), int | float):
+            data = {**data, "referenceId": str(data["referenceId"])}
+        return data
+
+
+class Ownership(_Open):
+    restrictedToOwners: list[str] = Field(default_factory=list)
+    claims: list[Claim] = Field(default_factory=list)
+
+    def allowed_owner_types(self) -> set[OwnerType] | None:
+        """None when the badge names no restriction; unknown spellings are ignored."""
+        if not self.restrictedToOwners:
+            return None
+        allowed: set[OwnerType] = set()
+        for name in self.restrictedToOwners:
+            try:
+                allowed.add(OwnerType.parse(name))
+            except ValueError:
+                continue
+        return allowed
+
+    def has_active_claim(self, owner: OwnerType, reference_id: str) -> bool:
+        for claim in self.claims:
+            try:
+                same_owner = OwnerType.parse(claim.ownerType) is owner
+            except ValueError:
+                same_owner = False
+            if same_owner and claim.referenceId == reference_id and claim.isActive:
+                return True
+        return False
+
+
+class ExpiryType(StrEnum):
+    RELATIVE = "RELATIVE"
+    ABSOLUTE = "ABSOLUTE"
+    NEVER = "NEVER"
+
+
+class Expiry(_Open):
+    expiryType: ExpiryType
+    relativeExpirytype: OptionalUnit = None
+    value: int | None = None
+    type: str | None = None  # FIXED_DATE or WITH_BADGE_META
+    expiresOn: OptionalInstant = None
+    expireWithBadgeMeta: bool | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Expiry:
+        if self.expiryType is ExpiryType.RELATIVE:
+            if self.relativeExpirytype is None or self.value is None or self.value < 0:
+                raise ValueError("RELATIVE expiry needs relativeExpirytype and a value >= 0")
+        if self.expiryType is ExpiryType.ABSOLUTE:
+            with_meta = bool(self.expireWithBadgeMeta) or (self.type or "").upper() == "WITH_BADGE_META"
+            if not with_meta and self.expiresOn is None:
+                raise ValueError("ABSOLUTE FIXED_DATE expiry needs expiresOn")
+        return self
+
+
+class Constraint(_Open):
+    constraintType: ConstraintType
+    referenceId: str | None = None
+    maxEarnLimit: int | None = None
+    # fixed windows
+    durationType: OptionalUnit = None
+    refreshRate: int | None = None
+    startDate: OptionalInstant = None
+    endDate: OptionalInstant = None
+    startDayOfTheWeek: str | None = None
+    # BADGE_ROLLING_WINDOW
+    rollType: OptionalUnit = None
+    rollValue: int | None = None
+    # CUSTOMER_BADGE_ROLLING_WINDOW
+    maxEarnForDays: int | None = None
+    rollForDays: int | None = None
+    maxEarnForWeeks: int | None = None
+    rollForWeeks: int | None = None
+    maxEarnForMonths: int | None = None
+    rollForMonths: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        # The vendor's table calls durationType "duration" (DAILY/WEEKLY/MONTHLY).
+        if isinstance(data, dict) and data.get("durationType") is None and "duration" in data:
+            data = {**data, "durationType": data["duration"]}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> Constraint:
+        kind = self.constraintType.value
+        if kind.endswith("_NO_LIMIT"):
+            return self
+        if kind.endswith("_FIXED_VALUE") or kind.endswith("_FIXED_WINDOW") or kind == "BADGE_ROLLING_WINDOW":
+            if self.maxEarnLimit is None or self.maxEarnLimit < 0:
+                raise ValueError(f"{kind} needs maxEarnLimit >= 0")
+        if kind.endswith("_FIXED_WINDOW"):
+            if self.durationType is None:
+                raise ValueError(f"{kind} needs durationType")
+            if self.refreshRate is not None and self.refreshRate < 1:
+                raise ValueError("refreshRate must be >= 1")
+        if kind == "BADGE_ROLLING_WINDOW" and (self.rollType is None or not self.rollValue or self.rollValue < 1):
+            raise ValueError("BADGE_ROLLING_WINDOW needs rollType and rollValue >= 1")
+        if kind == "CUSTOMER_BADGE_ROLLING_WINDOW":
+            for unit in ("Days", "Weeks", "Months"):
+                limit, roll = getattr(self, f"maxEarnFor{unit}"), getattr(self, f"rollFor{unit}")
+                if (limit is None) != (roll is None):
+                    raise ValueError(f"maxEarnFor{unit} and rollFor{unit} go together")
+                if roll is not None and (roll < 1 or limit < 0):
+                    raise ValueError(f"rollFor{unit} must be >= 1 and maxEarnFor{unit} >= 0")
+        return self
+
+    def identity(self) -> str:
+        """A stable name for the counters of this constraint (its referenceId, else a digest)."""
+        if self.referenceId:
+            return self.referenceId
+        body = self.model_dump(mode="json", exclude={"currentCycle", "cycleStatus"})
+        digest = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
+
+
+class BadgeDefinition(_Open):
+    id: str
+    orgId: int
+    name: str | None = None
+    description: str | None = None
+    startOn: OptionalInstant = None
+    expiresOn: OptionalInstant = None
+    earnedBadgeExpiry: Expiry | None = None
+    issuedBadgeExpiry: Expiry | None = None
+    ownership: Ownership = Field(default_factory=Ownership)
+    customerConstraints: list[Constraint] = Field(default_factory=list)
+    badgeConstraints: list[Constraint] = Field(default_factory=list)
+    earnType: Annotated[EarnType, BeforeValidator(EarnType.parse)] = EarnType.EARN
+    status: str | None = None
+    active: bool = True
+    badgeGroupId: str | None = None
+    badgeRank: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        # The customer-badges API names the id badgeMetaId; both shapes are accepted.
+        if "id" not in data and "badgeMetaId" in data:
+            data["id"] = data.pop("badgeMetaId")
+        for key in ("customerConstraints", "badgeConstraints"):
+            if data.get(key) is None and key in data:
+                data[key] = []
+        if data.get("ownership") is None and "ownership" in data:
+            data["ownership"] = {}
+        if data.get("active") is None and "active" in data:
+            data["active"] = True
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> list[BadgeDefinition]:
+        """Accepts `{"data": {...}}`, a bare definition, `{"data": {"badges": [...]}}`, or a list."""
+        if isinstance(payload, list):
+            return [badge for item in payload for badge in cls.from_payload(item)]
+        if not isinstance(payload, dict):
+            raise ValueError("a badge definition must be a JSON object or a list of them")
+        if "data" in payload and isinstance(payload["data"], dict | list):
+            inner = payload["data"]
+            if isinstance(inner, dict) and isinstance(inner.get("badges"), list):
+                return cls.from_payload(inner["badges"])
+            return cls.from_payload(inner)
+        return [cls.model_validate(payload)]
+
+    def to_document(self) -> dict[str, Any]:
+        """The definition as stored and returned: every field, dates as epoch seconds."""
+        return self.model_dump(mode="json", by_alias=True)

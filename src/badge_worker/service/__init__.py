@@ -1,0 +1,1 @@
+"""The service layer: a batch of Kafka records in, one outcome each out."""

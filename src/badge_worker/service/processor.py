@@ -1,0 +1,291 @@
+"""decode -> dedupe -> rules -> reserve -> persist, for one partition batch.
+
+Commands on the same entity (a customer on the earns topic, a badge on the claims topic)
+run one after the other in offset order; different entities run concurrently. Every effect
+is idempotent per (orgId, requestId), so a batch that is retried after a crash or an outage
+produces the same effects and the same outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from bson import ObjectId
+
+from badge_worker.adapters.mongo import Repositories
+from badge_worker.adapters.redis_store import NeedsRebuild, RedisStore
+from badge_worker.domain import rules
+from badge_worker.domain.commands import Command, CommandType, Undecodable, decode
+from badge_worker.domain.errors import ErrorCode, Rejection, reject
+from badge_worker.domain.models import BadgeDefinition, Claim
+from badge_worker.domain.outcomes import envelope
+from badge_worker.domain.rules import EarnStatus, LimitUsage
+from badge_worker.domain.timeutil import iso
+from badge_worker.domain.windows import CheckKind
+from badge_worker.errors import is_infra_error
+from badge_worker.service.messages import InputRecord, Result
+
+log = structlog.get_logger("badge_worker.processor")
+
+Doc = dict[str, Any]
+
+
+class BadgeCache:
+    """Badge definitions for a few seconds: every earn reads one, claims change them rarely."""
+
+    def __init__(self, repos: Repositories, ttl: float) -> None:
+        self.repos, self.ttl = repos, ttl
+        self._items: OrderedDict[tuple[int, str], tuple[float, BadgeDefinition | None]] = OrderedDict()
+
+    async def get(self, org: int, badge_id: str) -> BadgeDefinition | None:
+        key = (org, badge_id)
+        hit = self._items.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        badge = await self.repos.get_badge(org, badge_id)
+        self._items[key] = (time.monotonic() + self.ttl, badge)
+        self._items.move_to_end(key)
+        while len(self._items) > 10_000:
+            self._items.popitem(last=False)
+        return badge
+
+    def forget(self, org: int, badge_id: str) -> None:
+        self._items.pop((org, badge_id), None)
+
+
+class Processor:
+    def __init__(self, repos: Repositories, store: RedisStore, *, badge_cache_ttl: float = 2.0,
+                 concurrency: int = 128, max_attempts: int = 3) -> None:
+        self.repos, self.store = repos, store
+        self.badges = BadgeCache(repos, badge_cache_ttl)
+        self.max_attempts = max_attempts
+        self._slots = asyncio.Semaphore(concurrency)
+
+    # ------------------------------------------------------------------ batch
+    async def process_batch(self, records: Sequence[InputRecord]) -> list[Result]:
+        """Outcomes for `records`, in their order. Infrastructure errors propagate (the caller
+        retries the whole batch); any other failure of one message ends as its own 500."""
+        decoded = [decode(r.value, r.stream) for r in records]
+        groups: dict[object, list[int]] = {}
+        for i, item in enumerate(decoded):
+            key = item.entity_key if isinstance(item, Command) else ("undecodable", i)
+            groups.setdefault(key, []).append(i)
+        results: list[Result | None] = [None] * len(records)
+
+        async def run_group(indexes: list[int]) -> None:
+            async with self._slots:
+                for i in indexes:
+                    results[i] = await self._handle_with_retries(records[i], decoded[i])
+
+        await asyncio.gather(*(run_group(ix) for ix in groups.values()))
+        return [r for r in results if r is not None]
+
+    async def _handle_with_retries(self, record: InputRecord, item: Command | Undecodable) -> Result:
+        org = item.orgId
+        request_id = item.requestId
+        with structlog.contextvars.bound_contextvars(
+            topic=record.topic, partition=record.partition, offset=record.offset,
+            orgId=org, requestId=request_id,
+        ):
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    return await self.handle(record, item)
+                except Exception as exc:
+                    if is_infra_error(exc):
+                        raise
+                    log.warning("message_failed", attempt=attempt, error=type(exc).__name__, reason=str(exc)[:300])
+                    if attempt < self.max_attempts:
+                        await asyncio.sleep(0.05 * attempt)
+            log.error("message_gave_up", attempts=self.max_attempts)
+            kind = item.type.value if isinstance(item, Command) else item.type
+            rejection = reject(ErrorCode.PROCESSING_FAILED, f"failed {self.max_attempts} times")
+            return Result(record, envelope(kind, org, request_id, None, rejection), to_dlq=True)
+
+    # ------------------------------------------------------------------ one message
+    async def handle(self, record: InputRecord, item: Command | Undecodable) -> Result:
+        if isinstance(item, Undecodable):
+            return Result(record, envelope(item.type, item.orgId, item.requestId, None, item.rejection),
+                          to_dlq=item.not_json)
+        cmd = item
+        origin = record.origin
+        resuming = False
+        if cmd.requestId is not None:
+            earlier = await self.store.claim_request(cmd.orgId, cmd.requestId, origin)
+            if earlier is not None:
+                return self._reused(record, cmd, earlier)
+            entry = await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value)
+            if entry is not None:
+                if entry.origin != origin:
+                    return self._reused(record, cmd, entry.origin)
+                if entry.outcome is not None:
+                    return Result(record, entry.outcome, replayed=True)
+                resuming = True  # the same message was being processed when a worker stopped
+        outcome = await self._execute(cmd, record.now, resuming)
+        ledger = (cmd.orgId, cmd.requestId, origin) if cmd.requestId is not None else None
+        return Result(record, outcome, ledger=ledger)
+
+    def _reused(self, record: InputRecord, cmd: Command, first_origin: str) -> Result:
+        rejection = reject(ErrorCode.REQUEST_ID_REUSED, firstUsedBy=first_origin)
+        return Result(record, envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, rejection))
+
+    async def _execute(self, cmd: Command, now: float, resuming: bool) -> Doc:
+        handler = {
+            CommandType.CLAIM: self._claim,
+            CommandType.UNCLAIM: self._claim,
+            CommandType.ISSUE: self._issue,
+            CommandType.EARN: self._earn,
+            CommandType.REVOKE_ISSUE: self._revoke_issue,
+            CommandType.REVOKE_EARN: self._revoke_earn,
+        }[cmd.type]
+        data_or_rejection = await handler(cmd, now, resuming)
+        if isinstance(data_or_rejection, Rejection):
+            return envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, data_or_rejection)
+        return envelope(cmd.type.value, cmd.orgId, cmd.requestId, data_or_rejection)
+
+    # ------------------------------------------------------------------ commands
+    async def _claim(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+        badge = await self.repos.get_badge(cmd.orgId, cmd.badgeMetaId)  # claims read fresh
+        plan = rules.decide_claim(cmd, badge)
+        if isinstance(plan, Rejection):
+            return plan
+        if plan.changes:
+            claim = Claim(ownerType=plan.owner.ownerType.value, referenceId=plan.owner.referenceId,
+                          isActive=plan.active)
+            await self.repos.set_claim(cmd.orgId, cmd.badgeMetaId, claim)
+            self.badges.forget(cmd.orgId, cmd.badgeMetaId)
+        return {"badgeMetaId": cmd.badgeMetaId, "ownerType": plan.owner.ownerType.value,
+                "referenceId": plan.owner.referenceId}
+
+    async def _issue(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+        assert cmd.requestId is not None and cmd.customerId is not None
+        if resuming:
+            done = await self.repos.issues.find_one({"orgId": cmd.orgId, "requestId": cmd.requestId})
+            if done is not None:
+                return self._issue_data(cmd, done)
+        badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
+        issues = await self.repos.active_issues(cmd.orgId, cmd.customerId, cmd.badgeMetaId)
+        plan = rules.decide_issue(cmd, badge, issues, now)
+        if isinstance(plan, Rejection):
+            return plan
+        doc = await self.repos.insert_issue(cmd.orgId, cmd.requestId, {
+            "_id": ObjectId(), "customerId": cmd.customerId, "badgeMetaId": cmd.badgeMetaId,
+            "issuedOn": plan.event_ts, "expiresOn": plan.expires_on, "createdAt": now,
+            "triggeredBy": _owner_doc(cmd),
+        })
+        return self._issue_data(cmd, doc)
+
+    @staticmethod
+    def _issue_data(cmd: Command, doc: Doc) -> Doc:
+        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId, "issuedId": str(doc["_id"]),
+                "requestId": cmd.requestId, "expiresOn": doc.get("expiresOn"),
+                "expiresOnISO": iso(doc.get("expiresOn"))}
+
+    async def _earn(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+        assert cmd.requestId is not None and cmd.customerId is not None
+        existing = None
+        if resuming:
+            existing = await self.repos.earned.find_one({"orgId": cmd.orgId, "requestId": cmd.requestId})
+            if existing is not None and existing["status"] == EarnStatus.ACTIVE:
+                return self._earn_data(cmd, existing)
+        badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
+        issues: list[rules.IssueRecord] = []
+        if badge is not None and badge.earnType.value == "ISSUE_EARN":
+            issues = await self.repos.active_issues(cmd.orgId, cmd.customerId, cmd.badgeMetaId)
+        plan = rules.decide_earn(cmd, badge, issues, now)
+        if isinstance(plan, Rejection):
+            if existing is not None:  # decided otherwise before a crash: give back what it held
+                await self._abandon_earn(cmd, existing)
+            return plan
+        assert badge is not None
+        doc = await self.repos.insert_earned(cmd.orgId, cmd.requestId, {
+            "_id": ObjectId(), "customerId": cmd.customerId, "badgeMetaId": cmd.badgeMetaId,
+            "badgeGroupId": badge.badgeGroupId, "eventDate": plan.event_ts, "earnedOn": now,
+            "expiresOn": plan.expires_on, "issuedId": plan.issued_id, "triggeredBy": _owner_doc(cmd),
+            # objects, not pairs: FerretDB does not store nested arrays
+            "limits": [{"kind": "z" if c.kind is CheckKind.ROLLING else "c", "counter": c.counter}
+                       for c in plan.checks],
+        })
+        if doc["status"] == EarnStatus.ACTIVE:
+            return self._earn_data(cmd, doc)
+        if plan.checks:
+            result = await self._reserve(cmd, plan)
+            if result.status == "FULL":
+                await self._abandon_earn(cmd, doc)
+                check = plan.checks[result.index]
+                return rules.limit_rejection(check, LimitUsage(result.count, result.blocking_event))
+        await self.repos.set_earned_status(doc["_id"], EarnStatus.ACTIVE)
+        return self._earn_data(cmd, doc)
+
+    async def _reserve(self, cmd: Command, plan: rules.EarnPlan) -> Any:
+        assert cmd.requestId is not None
+        for _ in range(3):
+            try:
+                return await self.store.reserve(cmd.orgId, cmd.badgeMetaId, cmd.requestId, plan.event_ts,
+                                                plan.checks)
+            except NeedsRebuild:
+                await self.rebuild(cmd.orgId, cmd.badgeMetaId)
+        raise RuntimeError("badge counters could not be rebuilt")
+
+    async def rebuild(self, org: int, badge_id: str) -> None:
+        held = await self.repos.held_earns(org, badge_id)
+        applied = await self.store.rebuild(org, badge_id, held)
+        log.info("counters_rebuilt", orgId=org, badgeMetaId=badge_id, earns=len(held), applied=applied)
+
+    async def _abandon_earn(self, cmd: Command, doc: Doc) -> None:
+        await self.repos.set_earned_status(doc["_id"], EarnStatus.REJECTED)
+        # Only holds something if a rebuild restored this PENDING earn provisionally.
+        await self.store.release(cmd.orgId, cmd.badgeMetaId, doc["requestId"])
+
+    @staticmethod
+    def _earn_data(cmd: Command, doc: Doc) -> Doc:
+        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
+                "earnedBadgeId": str(doc["_id"]), "issuedId": doc.get("issuedId"), "requestId": cmd.requestId,
+                "expiresOn": doc.get("expiresOn"), "expiresOnISO": iso(doc.get("expiresOn"))}
+
+    async def _revoke_issue(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+        assert cmd.requestId is not None and cmd.customerId is not None
+        if resuming:
+            done = await self.repos.issues_revoked_by(cmd.orgId, cmd.requestId)
+            if done:
+                return self._revoke_issue_data(cmd, done)
+        badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
+        issues = await self.repos.active_issues(cmd.orgId, cmd.customerId, cmd.badgeMetaId)
+        plan = rules.decide_revoke_issue(cmd, badge, issues)
+        if isinstance(plan, Rejection):
+            return plan
+        await self.repos.revoke_issues(cmd.orgId, plan.issued_ids, cmd.requestId)
+        return self._revoke_issue_data(cmd, list(plan.issued_ids))
+
+    @staticmethod
+    def _revoke_issue_data(cmd: Command, issued_ids: list[str]) -> Doc:
+        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId, "requestId": cmd.requestId,
+                "revokedIssuedIds": issued_ids}
+
+    async def _revoke_earn(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+        assert cmd.requestId is not None and cmd.earnedBadgeId is not None
+        badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
+        found = await self.repos.get_earned(cmd.orgId, cmd.earnedBadgeId)
+        record, doc = found if found is not None else (None, None)
+        if not (resuming and doc is not None and doc.get("revokedBy") == cmd.requestId):
+            plan = rules.decide_revoke_earn(cmd, badge, record)
+            if isinstance(plan, Rejection):
+                return plan
+            assert doc is not None
+            await self.repos.revoke_earned(doc["_id"], cmd.requestId)
+        assert doc is not None
+        # Marked REVOKED first, so a rebuild that runs now already leaves it out.
+        if await self.store.release(cmd.orgId, cmd.badgeMetaId, doc["requestId"]) == "REBUILD":
+            await self.rebuild(cmd.orgId, cmd.badgeMetaId)
+        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
+                "earnedBadgeId": str(doc["_id"]), "requestId": cmd.requestId}
+
+
+def _owner_doc(cmd: Command) -> Doc | None:
+    if cmd.owner is None:
+        return None
+    return {"ownerType": cmd.owner.ownerType.value, "referenceId": cmd.owner.referenceId}

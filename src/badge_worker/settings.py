@@ -1,0 +1,56 @@
+"""All settings in one place, read from the environment (names of CONTRACT.md section 1)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # CONTRACT.md section 1
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mongodb_uri: str = "mongodb://127.0.0.1:27017"
+    mongodb_database: str = "badges"
+    consumer_group: str = "badge-worker"
+    topic_claims: str = "badges.claims"
+    topic_earns: str = "badges.earns"
+    topic_results: str = "badges.results"
+    topic_errors: str = "badges.errors"
+    topic_dlq: str = "badges.dlq"
+
+    # the worker's own knobs
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    redis_key_prefix: str = "bw"
+    topic_partitions: int = 8  # used when the worker creates missing topics
+    batch_max_records: int = 2000
+    fetch_timeout_ms: int = 200
+    concurrency: int = 256  # entities processed at once within a partition batch
+    max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 15.0
+    badge_cache_ttl_s: float = 2.0
+    http_port: int = 8080  # /healthz /readyz /metrics; 0 disables
+    log_level: str = "INFO"
+    transaction_timeout_ms: int = 60_000
+
+    def output_topics(self) -> list[str]:
+        return [self.topic_results, self.topic_errors, self.topic_dlq]
+
+    def input_topics(self) -> list[str]:
+        return [self.topic_claims, self.topic_earns]
+
+
+def redact(uri: str) -> str:
+    """A connection string without its password, for logs."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
