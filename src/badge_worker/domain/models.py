@@ -16,18 +16,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from badge_worker.domain.timeutil import TimeUnit, parse_instant
 
 
-def _instant(value: object) -> float:
-    return parse_instant(value)
-
-
 def _instant_or_none(value: object) -> float | None:
     return None if value is None else parse_instant(value)
 
 
-Instant = Annotated[float, BeforeValidator(_instant)]
 OptionalInstant = Annotated[float | None, BeforeValidator(_instant_or_none)]
-Unit = Annotated[TimeUnit, BeforeValidator(lambda v: TimeUnit.parse(v) if isinstance(v, str) else v),
-                 PlainSerializer(lambda u: u.value, return_type=str)]
 OptionalUnit = Annotated[
     TimeUnit | None,
     BeforeValidator(lambda v: TimeUnit.parse(v) if isinstance(v, str) else v),

@@ -18,6 +18,3 @@ def envelope(kind: str | None, org_id: int | None, request_id: str | None,
         "warnings": [],
     }
 
-
-def is_success(outcome: dict[str, Any]) -> bool:
-    return not outcome.get("errors")

@@ -1,0 +1,155 @@
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from badge_worker.domain.models import BadgeDefinition, ConstraintType, EarnType, Expiry, OwnerType
+from badge_worker.seedpages import badge_examples, is_badge_payload, json_objects, page_examples
+from tests.seeds import seeds_dir
+
+
+def seed_badge_payloads() -> list[object]:
+    return [obj for objs in page_examples(seeds_dir()).values() for obj in objs if is_badge_payload(obj)]
+
+
+def test_seed_pages_hold_the_expected_examples() -> None:
+    pages = page_examples(seeds_dir())
+    # 4 complete badge responses on the Get-badge page, 4 customer-badge responses
+    assert sum(is_badge_payload(o) for o in pages["get-badge-by-id.txt"]) == 4
+    assert sum(is_badge_payload(o) for o in pages["get-badges-for-customer.md"]) == 4
+    assert len(seed_badge_payloads()) == 8
+
+
+def test_every_seed_badge_example_parses() -> None:
+    parsed = [b for payload in seed_badge_payloads() for b in BadgeDefinition.from_payload(payload)]
+    assert len(parsed) == 12
+    ids = {b.id for b in parsed}
+    assert {"662749408fe258516a88fe89", "662724bb8fe258516a88fde2", "67eb99516666db076c3c7519",
+            "653dea07b3cda7078c7c68ee"} <= ids
+    types = {c.constraintType for b in parsed for c in [*b.customerConstraints, *b.badgeConstraints]}
+    assert types >= {ConstraintType.CUSTOMER_BADGE_FIXED_WINDOW, ConstraintType.BADGE_FIXED_WINDOW,
+                     ConstraintType.CUSTOMER_BADGE_FIXED_VALUE, ConstraintType.BADGE_FIXED_VALUE,
+                     ConstraintType.BADGE_ROLLING_WINDOW, ConstraintType.CUSTOMER_BADGE_ROLLING_WINDOW}
+    assert len(badge_examples(seeds_dir())) == len(ids)
+
+
+def test_seed_details_are_read() -> None:
+    by_id = {b.id: b for b in badge_examples(seeds_dir())}
+    og = by_id["662724bb8fe258516a88fde2"]
+    assert og.startOn == pytest.approx(1707523237.192)
+    assert og.earnedBadgeExpiry is not None and og.earnedBadgeExpiry.value == 2
+    assert og.earnType is EarnType.EARN and og.active
+    birthday = by_id["653dea07b3cda7078c7c68ee"]
+    assert birthday.earnType is EarnType.ISSUE_EARN
+    assert birthday.ownership.has_active_claim(OwnerType.LOYALTY, "626_TransactionAdd")
+    assert not birthday.ownership.has_active_claim(OwnerType.JOURNEYS, "626")
+    rolling = by_id["664442c560646c1208ede8f4"].customerConstraints[0]
+    assert (rolling.maxEarnForDays, rolling.rollForDays, rolling.maxEarnForWeeks) == (10, 2, None)
+
+
+def test_unknown_fields_survive_a_round_trip() -> None:
+    for payload in seed_badge_payloads():
+        for badge in BadgeDefinition.from_payload(payload):
+            doc = badge.to_document()
+            again = BadgeDefinition.model_validate(doc)
+            assert again.to_document() == doc
+    raw = {"id": "a", "orgId": 1, "brandNew": {"x": [1, 2]}, "benefits": [{"benefitType": "COUPON"}],
+           "badgeConstraints": [{"constraintType": "BADGE_FIXED_VALUE", "maxEarnLimit": 3, "cycleStatus": "X"}]}
+    doc = BadgeDefinition.model_validate(raw).to_document()
+    assert doc["brandNew"] == {"x": [1, 2]}
+    assert doc["benefits"] == [{"benefitType": "COUPON"}]
+    assert doc["badgeConstraints"][0]["cycleStatus"] == "X"
+
+
+def test_dates_may_be_iso_or_epoch() -> None:
+    a = BadgeDefinition.model_validate({"id": "a", "orgId": 1, "startOn": "2024-05-27T09:51:27Z",
+                                        "expiresOn": 1726804000})
+    assert a.startOn == 1716803487.0
+    assert a.expiresOn == 1726804000.0
+    assert json.loads(json.dumps(a.to_document()))["startOn"] == 1716803487.0
+
+
+def test_payload_shapes() -> None:
+    bare = {"id": "a", "orgId": 1}
+    assert [b.id for b in BadgeDefinition.from_payload(bare)] == ["a"]
+    assert [b.id for b in BadgeDefinition.from_payload({"data": bare})] == ["a"]
+    assert [b.id for b in BadgeDefinition.from_payload([bare, {"data": {**bare, "id": "b"}}])] == ["a", "b"]
+    assert [b.id for b in BadgeDefinition.from_payload({"data": {"badges": [{"badgeMetaId": "c", "orgId": 1}]}})] \
+        == ["c"]
+    with pytest.raises(ValueError):
+        BadgeDefinition.from_payload("nope")
+
+
+@pytest.mark.parametrize("constraint", [
+    {"constraintType": "BADGE_FIXED_VALUE"},
+    {"constraintType": "BADGE_FIXED_WINDOW", "maxEarnLimit": 1},
+    {"constraintType": "BADGE_FIXED_WINDOW", "maxEarnLimit": 1, "durationType": "DAYS", "refreshRate": 0},
+    {"constraintType": "BADGE_ROLLING_WINDOW", "maxEarnLimit": 1, "rollType": "DAYS"},
+    {"constraintType": "CUSTOMER_BADGE_ROLLING_WINDOW", "maxEarnForDays": 1},
+    {"constraintType": "CUSTOMER_BADGE_ROLLING_WINDOW", "maxEarnForDays": 1, "rollForDays": 0},
+    {"constraintType": "SOMETHING_ELSE", "maxEarnLimit": 1},
+    {"constraintType": "BADGE_FIXED_WINDOW", "maxEarnLimit": 1, "durationType": "YEARS"},
+])
+def test_incomplete_constraints_are_refused(constraint: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        BadgeDefinition.model_validate({"id": "a", "orgId": 1, "badgeConstraints": [constraint]})
+
+
+def test_duration_alias_and_no_limit() -> None:
+    badge = BadgeDefinition.model_validate({"id": "a", "orgId": 1, "badgeConstraints": [
+        {"constraintType": "BADGE_FIXED_WINDOW", "duration": "WEEKLY", "maxEarnLimit": 2},
+        {"constraintType": "BADGE_NO_LIMIT"}]})
+    assert badge.badgeConstraints[0].durationType is not None
+    assert badge.badgeConstraints[0].durationType.value == "WEEKS"
+
+
+@pytest.mark.parametrize("expiry", [
+    {"expiryType": "RELATIVE", "value": 2},
+    {"expiryType": "RELATIVE", "relativeExpirytype": "DAYS"},
+    {"expiryType": "ABSOLUTE", "type": "FIXED_DATE"},
+    {"expiryType": "SOMETIMES"},
+])
+def test_incomplete_expiry_is_refused(expiry: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Expiry.model_validate(expiry)
+
+
+@pytest.mark.parametrize(("text", "owner"), [
+    ("Loyalty", OwnerType.LOYALTY), ("LOYALTY", OwnerType.LOYALTY), ("loyalty_promotion", OwnerType.LOYALTY_PROMOTION),
+    ("LOYALTY_PROMOTIONS", OwnerType.LOYALTY_PROMOTION), ("referral_campaigns", OwnerType.REFERRAL_CAMPAIGNS),
+    ("Historical_Import", OwnerType.HISTORICAL_IMPORT), ("goodwill module", OwnerType.GOODWILL_MODULE),
+])
+def test_owner_types_match_case_insensitively(text: str, owner: OwnerType) -> None:
+    assert OwnerType.parse(text) is owner
+
+
+def test_owner_type_errors_and_restrictions() -> None:
+    with pytest.raises(ValueError):
+        OwnerType.parse("Bogus")
+    with pytest.raises(ValueError):
+        OwnerType.parse(3)
+    badge = BadgeDefinition.model_validate({"id": "a", "orgId": 1, "ownership": {
+        "restrictedToOwners": ["MILESTONES", "Unknown_Module"],
+        "claims": [{"ownerType": "Milestones", "referenceId": 7, "isActive": False},
+                   {"ownerType": "Nope", "referenceId": "x"}]}})
+    assert badge.ownership.allowed_owner_types() == {OwnerType.MILESTONES}
+    assert not badge.ownership.has_active_claim(OwnerType.MILESTONES, "7")  # inactive
+    assert BadgeDefinition.model_validate({"id": "b", "orgId": 1}).ownership.allowed_owner_types() is None
+
+
+def test_earn_type_spellings() -> None:
+    assert EarnType.parse("ISSUE EARN") is EarnType.ISSUE_EARN
+    assert EarnType.parse("issue_earn") is EarnType.ISSUE_EARN
+    with pytest.raises(ValueError):
+        EarnType.parse(1)
+
+
+def test_nulls_in_seed_shapes_take_defaults() -> None:
+    badge = BadgeDefinition.model_validate({"id": "a", "orgId": 1, "customerConstraints": None,
+                                            "ownership": None, "active": None})
+    assert badge.customerConstraints == [] and badge.active
+
+
+def test_json_object_scanner_skips_truncated_snippets() -> None:
+    text = 'prose {"a": 1} more "}" {"b": {"c": "}"}} "x": 1 }, {"broken": } {"d": [1]}'
+    assert json_objects(text) == [{"a": 1}, {"b": {"c": "}"}}, {"d": [1]}]
