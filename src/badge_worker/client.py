@@ -78,6 +78,7 @@ class Collector:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
                                          isolation_level="read_committed", enable_auto_commit=False)
         self.outcomes: list[Outcome] = []
+        self._cursor = 0  # outcomes before this index were handed out by a wait_* call
 
     async def __aenter__(self) -> Collector:
         await ensure_topics(self.settings)
@@ -112,10 +113,22 @@ class Collector:
         while True:
             seen = {o.input: o for o in reversed(self.outcomes) if o.input in wanted}
             if len(seen) == len(wanted):
+                self._cursor = len(self.outcomes)
                 return seen
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(wanted) - len(seen)} of {len(wanted)} outcomes missing")
             await self.poll()
+
+    async def wait_for_new(self, count: int, timeout: float = 60.0) -> list[Outcome]:
+        """The next `count` outcomes after those already handed out."""
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < self._cursor + count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._cursor + count - len(self.outcomes)} of {count} new outcomes missing")
+            await self.poll()
+        fresh = self.outcomes[self._cursor : self._cursor + count]
+        self._cursor += count
+        return fresh
 
     def count_by_input(self) -> dict[Coord, int]:
         counts: dict[Coord, int] = {}

@@ -239,7 +239,16 @@ class Processor:
     async def _abandon_earn(self, cmd: Command, doc: Doc) -> None:
         await self.repos.set_earned_status(doc["_id"], EarnStatus.REJECTED)
         # Only holds something if a rebuild restored this PENDING earn provisionally.
-        await self.store.release(cmd.orgId, cmd.badgeMetaId, doc["requestId"])
+        await self._release(cmd.orgId, cmd.badgeMetaId, doc["requestId"])
+
+    async def _release(self, org: int, badge_id: str, earn_request_id: str) -> None:
+        """Give back an earn's counts once MongoDB no longer counts it (REJECTED/REVOKED).
+
+        If the counters are gone, rebuild them (the rebuild leaves this earn out) and release
+        again: another worker's rebuild from an older snapshot may still have restored it."""
+        if await self.store.release(org, badge_id, earn_request_id) == "REBUILD":
+            await self.rebuild(org, badge_id)
+            await self.store.release(org, badge_id, earn_request_id)
 
     @staticmethod
     def _earn_data(cmd: Command, doc: Doc) -> Doc:
@@ -279,8 +288,7 @@ class Processor:
             await self.repos.revoke_earned(doc["_id"], cmd.requestId)
         assert doc is not None
         # Marked REVOKED first, so a rebuild that runs now already leaves it out.
-        if await self.store.release(cmd.orgId, cmd.badgeMetaId, doc["requestId"]) == "REBUILD":
-            await self.rebuild(cmd.orgId, cmd.badgeMetaId)
+        await self._release(cmd.orgId, cmd.badgeMetaId, doc["requestId"])
         return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
                 "earnedBadgeId": str(doc["_id"]), "requestId": cmd.requestId}
 

@@ -52,8 +52,9 @@ def replay_headers(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:
-    filled = width if total == 0 else int(width * done / total)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+    """Progress in offsets (transaction markers take offsets too, so not a record count)."""
+    filled = width if total == 0 else min(width, int(width * done / total))
+    return f"[{'#' * filled}{'.' * (width - filled)}] offset {done}/{total}"
 
 
 async def replay_dlq(settings: Settings, flt: ReplayFilter, *, dry_run: bool = False,
@@ -122,10 +123,13 @@ async def replay_dlq(settings: Settings, flt: ReplayFilter, *, dry_run: bool = F
                 if producer is not None:
                     await producer.abort_transaction()
                 raise
-            show(progress_bar(report.scanned, total))
+            done = 0
+            for tp in partitions:
+                done += min(await consumer.position(tp), ends[tp]) - starts[tp]
+            show(progress_bar(done, total))
             remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
         if total:
-            show(progress_bar(report.scanned, total) + "\n")
+            show(progress_bar(total, total) + "\n")
         return report
     finally:
         if producer is not None:
