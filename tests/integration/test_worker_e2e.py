@@ -107,7 +107,7 @@ async def test_every_error_code_end_to_end(topics: Settings, mongo: Repositories
     # exactly one outcome each, on the right topic, with the input coordinates as headers
     counts = collector.count_by_input()
     assert all(counts[c] == 1 for c in seen)
-    for coord, outcome in seen.items():
+    for _coord, outcome in seen.items():
         assert outcome.topic == (s.topic_results if outcome.code == 200 else s.topic_errors)
         assert outcome.body["warnings"] == []
     e1 = seen[earn_coords[0]].body
