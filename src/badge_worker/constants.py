@@ -21,9 +21,11 @@ RESERVATION_KEY = "{prefix}:{{{org}:{badge}}}:res:{request_id}"
 
 # MongoDB collections
 BADGES = "badges"
-REQUESTS = "requests"  # the requestId ledger: origin and first outcome of every command
+REQUESTS = "requests"  # the requestId ledger: which message (origin) first used each requestId
+OUTCOMES = "outcomes"  # the first outcome of each ledger entry, under the entry's _id
 ISSUES = "issues"
 EARNED = "earned_badges"
+INTENTS = "earn_intents"  # an earn about to take its limits (see adapters/mongo.py)
 
 # Kafka headers written on outcomes, DLQ records and replays
 H_INPUT_TOPIC = "x-input-topic"

@@ -11,12 +11,15 @@ from pymongo.errors import (
     ExecutionTimeout,
     NetworkTimeout,
     NotPrimaryError,
+    OperationFailure,
     ServerSelectionTimeoutError,
     WriteConcernError,
 )
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from badge_worker.adapters.mongo_batch import is_transient_write_error
 
 INFRA_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, BusyLoadingError,
@@ -28,4 +31,6 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def is_infra_error(exc: BaseException) -> bool:
+    if isinstance(exc, OperationFailure) and is_transient_write_error(str(exc)):
+        return True  # FerretDB/SQLite busy: the store is there but overloaded
     return isinstance(exc, INFRA_ERRORS)

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     batch_max_records: int = 2000
     fetch_timeout_ms: int = 200
     concurrency: int = 256  # entities processed at once within a partition batch
+    redis_max_connections: int = 64
     max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0

@@ -6,17 +6,19 @@ No multi-document transactions (FerretDB has none): every write is idempotent pe
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from badge_worker import constants as K
+from badge_worker.adapters.mongo_batch import WriteBatcher
 from badge_worker.adapters.redis_store import HeldEarn
 from badge_worker.domain.models import BadgeDefinition, Claim
 from badge_worker.domain.rules import EarnedRecord, EarnStatus, IssueRecord
@@ -29,14 +31,20 @@ def badge_key(badge_id: str) -> Any:
     return ObjectId(badge_id) if ObjectId.is_valid(badge_id) else badge_id
 
 
+def _limits(doc: Doc) -> list[tuple[str, str]]:
+    return [(x["kind"], x["counter"]) for x in doc.get("limits", [])]
+
+
 def as_object_id(value: str) -> ObjectId | None:
     return ObjectId(value) if ObjectId.is_valid(value) else None
 
 
 @dataclass(frozen=True)
 class LedgerEntry:
+    id: ObjectId
     origin: str
     outcome: Doc | None
+    new: bool
 
 
 class Repositories:
@@ -46,6 +54,9 @@ class Repositories:
         self.requests = db[K.REQUESTS]
         self.issues = db[K.ISSUES]
         self.earned = db[K.EARNED]
+        self.outcomes = db[K.OUTCOMES]
+        self.intents = db[K.INTENTS]
+        self.writes = WriteBatcher()
 
     async def ensure_indexes(self) -> None:
         org_request = IndexModel([("orgId", ASCENDING), ("requestId", ASCENDING)], unique=True, name="org_request")
@@ -54,6 +65,8 @@ class Repositories:
         wanted = {
             self.requests: [org_request],
             self.issues: [org_request, org_customer_badge],
+            self.intents: [org_request, IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING),
+                                                    ("status", ASCENDING)], name="org_badge_status")],
             self.earned: [
                 org_request, org_customer_badge,
                 IndexModel([("orgId", ASCENDING), ("customerId", ASCENDING), ("badgeGroupId", ASCENDING)],
@@ -106,33 +119,39 @@ class Repositories:
                 changed = True
             if not changed:
                 return False
-            result = await self.badges.update_one(
-                {"_id": doc["_id"], "claimsVersion": version} if "claimsVersion" in doc
-                else {"_id": doc["_id"], "claimsVersion": {"$exists": False}},
-                {"$set": {"ownership.claims": claims, "claimsVersion": version + 1}})
+            async with self.writes.lock:
+                result = await self.badges.update_one(
+                    {"_id": doc["_id"], "claimsVersion": version} if "claimsVersion" in doc
+                    else {"_id": doc["_id"], "claimsVersion": {"$exists": False}},
+                    {"$set": {"ownership.claims": claims, "claimsVersion": version + 1}})
             if result.modified_count == 1:
                 return True
 
     # ---- the requestId ledger
-    async def ledger_claim(self, org: int, request_id: str, origin: str, kind: str) -> LedgerEntry | None:
-        """Register the command; None if new, else the entry of whoever used requestId first."""
+    async def ledger_claim(self, org: int, request_id: str, origin: str, kind: str) -> LedgerEntry:
+        """Register the command, or find whoever used requestId first (`new` tells which)."""
+        ledger_id = ObjectId()
         try:
-            await self.requests.insert_one({"orgId": org, "requestId": request_id, "origin": origin,
-                                            "type": kind, "outcome": None, "createdAt": time.time()})
-            return None
+            await self.writes.insert(self.requests, {"_id": ledger_id, "orgId": org, "requestId": request_id,
+                                                     "origin": origin, "type": kind, "createdAt": time.time()})
+            return LedgerEntry(ledger_id, origin, None, new=True)
         except DuplicateKeyError:
             doc = await self.requests.find_one({"orgId": org, "requestId": request_id})
             if doc is None:  # pragma: no cover - the duplicate vanished; nothing deletes ledger docs
                 raise
-            return LedgerEntry(origin=doc["origin"], outcome=doc.get("outcome"))
+            stored = await self.outcomes.find_one({"_id": doc["_id"]})
+            return LedgerEntry(doc["_id"], doc["origin"], None if stored is None else stored["outcome"], new=False)
 
-    async def ledger_store_outcomes(self, items: Iterable[tuple[int, str, str, Doc]]) -> None:
-        """Write the first outcome of each (org, requestId, origin) in one bulk round trip."""
-        ops = [UpdateOne({"orgId": org, "requestId": rid, "origin": origin, "outcome": None},
-                         {"$set": {"outcome": outcome, "decidedAt": time.time()}})
-               for org, rid, origin, outcome in items]
-        if ops:
-            await self.requests.bulk_write(ops, ordered=False)
+    async def ledger_store_outcomes(self, items: Iterable[tuple[ObjectId, Doc]]) -> None:
+        """Keep the first outcome of each ledger entry: inserted under the entry's _id (batched
+        inserts are cheap where updates are not, and a second outcome is a duplicate key)."""
+        now = time.time()
+        results = await asyncio.gather(*(self.writes.insert(self.outcomes, {"_id": ledger_id, "outcome": outcome,
+                                                                            "decidedAt": now})
+                                         for ledger_id, outcome in items), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, DuplicateKeyError):
+                raise result
 
     # ---- issues
     async def active_issues(self, org: int, customer: int, badge_id: str) -> list[IssueRecord]:
@@ -144,7 +163,7 @@ class Repositories:
         """Idempotent per requestId: the stored issue (new, or the one written before a crash)."""
         body = {"orgId": org, "requestId": request_id, "status": "ACTIVE", **doc}
         try:
-            await self.issues.insert_one(body)
+            await self.writes.insert(self.issues, body)
             return body
         except DuplicateKeyError:
             found = await self.issues.find_one({"orgId": org, "requestId": request_id})
@@ -153,28 +172,50 @@ class Repositories:
 
     async def revoke_issues(self, org: int, issued_ids: Sequence[str], by_request: str) -> None:
         ids = [as_object_id(i) for i in issued_ids]
-        await self.issues.update_many({"_id": {"$in": [i for i in ids if i is not None]}, "orgId": org,
-                                       "status": "ACTIVE"},
-                                      {"$set": {"status": "REVOKED", "revokedBy": by_request,
-                                                "revokedAt": time.time()}})
+        async with self.writes.lock:
+            await self.issues.update_many({"_id": {"$in": [i for i in ids if i is not None]}, "orgId": org,
+                                           "status": "ACTIVE"},
+                                          {"$set": {"status": "REVOKED", "revokedBy": by_request,
+                                                    "revokedAt": time.time()}})
 
     async def issues_revoked_by(self, org: int, request_id: str) -> list[str]:
         return [str(d["_id"]) async for d in self.issues.find({"orgId": org, "revokedBy": request_id}, {"_id": 1})]
 
     # ---- earned badges
-    async def insert_earned(self, org: int, request_id: str, doc: Doc) -> Doc:
-        """PENDING earned badge, idempotent per requestId: returns the stored document."""
+    # An earn first writes an intent (PENDING, with the limits it is about to take), then takes
+    # the limits in Redis, then writes the earned badge, ACTIVE, under the intent's ObjectId.
+    # Both are inserts (batched); only a rejection updates the intent. A rebuild counts the
+    # ACTIVE earned badges as held and the unresolved intents as provisional.
+    async def insert_intent(self, org: int, request_id: str, doc: Doc) -> Doc:
+        """The earn's intent, idempotent per requestId: the stored one (new or from before a crash)."""
         body = {"orgId": org, "requestId": request_id, "status": EarnStatus.PENDING, **doc}
         try:
-            await self.earned.insert_one(body)
+            await self.writes.insert(self.intents, body)
+            return body
+        except DuplicateKeyError:
+            found = await self.intents.find_one({"orgId": org, "requestId": request_id})
+            assert found is not None
+            return found
+
+    async def reject_intent(self, intent_id: Any) -> None:
+        await self.writes.update(self.intents, {"_id": intent_id}, {"$set": {"status": EarnStatus.REJECTED}})
+
+    async def reopen_intent(self, intent_id: Any) -> None:
+        await self.writes.update(self.intents, {"_id": intent_id}, {"$set": {"status": EarnStatus.PENDING}})
+
+    async def insert_earned(self, org: int, request_id: str, doc: Doc) -> Doc:
+        """The earned badge (ACTIVE), idempotent per requestId: returns the stored document."""
+        body = {"orgId": org, "requestId": request_id, "status": EarnStatus.ACTIVE, **doc}
+        try:
+            await self.writes.insert(self.earned, body)
             return body
         except DuplicateKeyError:
             found = await self.earned.find_one({"orgId": org, "requestId": request_id})
             assert found is not None
             return found
 
-    async def set_earned_status(self, earned_id: Any, status: str, **fields: Any) -> None:
-        await self.earned.update_one({"_id": earned_id}, {"$set": {"status": status, **fields}})
+    async def find_earned_by_request(self, org: int, request_id: str) -> Doc | None:
+        return await self.earned.find_one({"orgId": org, "requestId": request_id})
 
     async def get_earned(self, org: int, earned_id: str) -> tuple[EarnedRecord, Doc] | None:
         oid = as_object_id(earned_id)
@@ -186,18 +227,25 @@ class Repositories:
         return EarnedRecord(str(doc["_id"]), doc["customerId"], doc["badgeMetaId"], doc["status"]), doc
 
     async def revoke_earned(self, earned_id: Any, by_request: str) -> None:
-        await self.earned.update_one({"_id": earned_id, "status": EarnStatus.ACTIVE},
-                                     {"$set": {"status": EarnStatus.REVOKED, "revokedBy": by_request,
-                                               "revokedAt": time.time()}})
+        await self.writes.update(self.earned, {"_id": earned_id, "status": EarnStatus.ACTIVE},
+                                 {"$set": {"status": EarnStatus.REVOKED, "revokedBy": by_request,
+                                           "revokedAt": time.time()}})
 
     async def held_earns(self, org: int, badge_id: str) -> list[HeldEarn]:
-        """Every earn of the badge that counts towards its limits (ACTIVE, or PENDING)."""
-        cursor = self.earned.find(
-            {"orgId": org, "badgeMetaId": badge_id,
-             "status": {"$in": [EarnStatus.ACTIVE, EarnStatus.PENDING]}},
-            {"requestId": 1, "eventDate": 1, "limits": 1, "status": 1})
-        return [HeldEarn(d["requestId"], d["eventDate"], [(x["kind"], x["counter"]) for x in d.get("limits", [])],
-                         d["status"] == EarnStatus.ACTIVE) async for d in cursor]
+        """Every earn that counts towards the badge's limits: ACTIVE earned badges (held), and
+        intents neither rejected nor turned into an earned badge yet (provisional)."""
+        resolved: set[str] = set()
+        held: list[HeldEarn] = []
+        async for d in self.earned.find({"orgId": org, "badgeMetaId": badge_id},
+                                        {"requestId": 1, "eventDate": 1, "limits": 1, "status": 1}):
+            resolved.add(d["requestId"])
+            if d["status"] == EarnStatus.ACTIVE:
+                held.append(HeldEarn(d["requestId"], d["eventDate"], _limits(d), confirmed=True))
+        async for d in self.intents.find({"orgId": org, "badgeMetaId": badge_id, "status": EarnStatus.PENDING},
+                                         {"requestId": 1, "eventDate": 1, "limits": 1}):
+            if d["requestId"] not in resolved:
+                held.append(HeldEarn(d["requestId"], d["eventDate"], _limits(d), confirmed=False))
+        return held
 
     async def ping(self) -> bool:
         await self.db.command("ping")

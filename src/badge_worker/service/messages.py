@@ -44,7 +44,7 @@ class Result:
     outcome: dict[str, Any]
     to_dlq: bool = False
     replayed: bool = False  # the stored first outcome was sent again
-    ledger: tuple[int, str, str] | None = None  # (org, requestId, origin) to store the outcome under
+    ledger: Any = None  # the ledger entry (ObjectId) to store the outcome under
     log: dict[str, Any] = field(default_factory=dict)
 
     @property

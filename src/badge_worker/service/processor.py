@@ -65,6 +65,7 @@ class Processor:
         self.badges = BadgeCache(repos, badge_cache_ttl)
         self.max_attempts = max_attempts
         self._slots = asyncio.Semaphore(concurrency)
+        self._rebuilds: dict[tuple[int, str], asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ batch
     async def process_batch(self, records: Sequence[InputRecord]) -> list[Result]:
@@ -82,7 +83,15 @@ class Processor:
                 for i in indexes:
                     results[i] = await self._handle_with_retries(records[i], decoded[i])
 
-        await asyncio.gather(*(run_group(ix) for ix in groups.values()))
+        tasks = [asyncio.create_task(run_group(ix)) for ix in groups.values()]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((t for t in done if t.exception() is not None), None)
+        if failed is not None:
+            # Stop the rest of the batch before it is retried: nothing of it is committed.
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise failed.exception()  # type: ignore[misc]
         return [r for r in results if r is not None]
 
     async def _handle_with_retries(self, record: InputRecord, item: Command | Undecodable) -> Result:
@@ -114,20 +123,21 @@ class Processor:
         cmd = item
         origin = record.origin
         resuming = False
+        ledger_id = None
         if cmd.requestId is not None:
             earlier = await self.store.claim_request(cmd.orgId, cmd.requestId, origin)
             if earlier is not None:
                 return self._reused(record, cmd, earlier)
             entry = await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value)
-            if entry is not None:
+            if not entry.new:
                 if entry.origin != origin:
                     return self._reused(record, cmd, entry.origin)
                 if entry.outcome is not None:
                     return Result(record, entry.outcome, replayed=True)
                 resuming = True  # the same message was being processed when a worker stopped
+            ledger_id = entry.id
         outcome = await self._execute(cmd, record.now, resuming)
-        ledger = (cmd.orgId, cmd.requestId, origin) if cmd.requestId is not None else None
-        return Result(record, outcome, ledger=ledger)
+        return Result(record, outcome, ledger=ledger_id)
 
     def _reused(self, record: InputRecord, cmd: Command, first_origin: str) -> Result:
         rejection = reject(ErrorCode.REQUEST_ID_REUSED, firstUsedBy=first_origin)
@@ -187,22 +197,23 @@ class Processor:
 
     async def _earn(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
         assert cmd.requestId is not None and cmd.customerId is not None
-        existing = None
         if resuming:
-            existing = await self.repos.earned.find_one({"orgId": cmd.orgId, "requestId": cmd.requestId})
-            if existing is not None and existing["status"] == EarnStatus.ACTIVE:
-                return self._earn_data(cmd, existing)
+            done = await self.repos.find_earned_by_request(cmd.orgId, cmd.requestId)
+            if done is not None:  # earned before a crash (perhaps revoked since): same answer
+                return self._earn_data(cmd, done)
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
         issues: list[rules.IssueRecord] = []
         if badge is not None and badge.earnType.value == "ISSUE_EARN":
             issues = await self.repos.active_issues(cmd.orgId, cmd.customerId, cmd.badgeMetaId)
         plan = rules.decide_earn(cmd, badge, issues, now)
         if isinstance(plan, Rejection):
-            if existing is not None:  # decided otherwise before a crash: give back what it held
-                await self._abandon_earn(cmd, existing)
+            if resuming:  # decided otherwise before a crash: give back what it may hold
+                intent = await self.repos.intents.find_one({"orgId": cmd.orgId, "requestId": cmd.requestId})
+                if intent is not None:
+                    await self._abandon_earn(cmd, intent)
             return plan
         assert badge is not None
-        doc = await self.repos.insert_earned(cmd.orgId, cmd.requestId, {
+        intent = await self.repos.insert_intent(cmd.orgId, cmd.requestId, {
             "_id": ObjectId(), "customerId": cmd.customerId, "badgeMetaId": cmd.badgeMetaId,
             "badgeGroupId": badge.badgeGroupId, "eventDate": plan.event_ts, "earnedOn": now,
             "expiresOn": plan.expires_on, "issuedId": plan.issued_id, "triggeredBy": _owner_doc(cmd),
@@ -210,15 +221,16 @@ class Processor:
             "limits": [{"kind": "z" if c.kind is CheckKind.ROLLING else "c", "counter": c.counter}
                        for c in plan.checks],
         })
-        if doc["status"] == EarnStatus.ACTIVE:
-            return self._earn_data(cmd, doc)
         if plan.checks:
+            if intent["status"] == EarnStatus.REJECTED:  # rejected before a crash: decide again
+                await self.repos.reopen_intent(intent["_id"])
             result = await self._reserve(cmd, plan)
             if result.status == "FULL":
-                await self._abandon_earn(cmd, doc)
+                await self._abandon_earn(cmd, intent)
                 check = plan.checks[result.index]
                 return rules.limit_rejection(check, LimitUsage(result.count, result.blocking_event))
-        await self.repos.set_earned_status(doc["_id"], EarnStatus.ACTIVE)
+        earned = {k: v for k, v in intent.items() if k not in ("orgId", "requestId", "status")}
+        doc = await self.repos.insert_earned(cmd.orgId, cmd.requestId, earned)
         return self._earn_data(cmd, doc)
 
     async def _reserve(self, cmd: Command, plan: rules.EarnPlan) -> Any:
@@ -232,14 +244,24 @@ class Processor:
         raise RuntimeError("badge counters could not be rebuilt")
 
     async def rebuild(self, org: int, badge_id: str) -> None:
+        """Rebuild a badge's counters from MongoDB; concurrent callers share one rebuild."""
+        key = (org, badge_id)
+        running = self._rebuilds.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._rebuild(org, badge_id))
+            self._rebuilds[key] = running
+            running.add_done_callback(lambda _: self._rebuilds.pop(key, None))
+        await asyncio.shield(running)
+
+    async def _rebuild(self, org: int, badge_id: str) -> None:
         held = await self.repos.held_earns(org, badge_id)
         applied = await self.store.rebuild(org, badge_id, held)
         log.info("counters_rebuilt", orgId=org, badgeMetaId=badge_id, earns=len(held), applied=applied)
 
-    async def _abandon_earn(self, cmd: Command, doc: Doc) -> None:
-        await self.repos.set_earned_status(doc["_id"], EarnStatus.REJECTED)
+    async def _abandon_earn(self, cmd: Command, intent: Doc) -> None:
+        await self.repos.reject_intent(intent["_id"])
         # Only holds something if a rebuild restored this PENDING earn provisionally.
-        await self._release(cmd.orgId, cmd.badgeMetaId, doc["requestId"])
+        await self._release(cmd.orgId, cmd.badgeMetaId, intent["requestId"])
 
     async def _release(self, org: int, badge_id: str, earn_request_id: str) -> None:
         """Give back an earn's counts once MongoDB no longer counts it (REJECTED/REVOKED).

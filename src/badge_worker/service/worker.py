@@ -19,7 +19,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from pymongo import AsyncMongoClient
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from badge_worker.adapters import kafka_io
 from badge_worker.adapters.mongo import Repositories
@@ -68,8 +68,10 @@ class Worker:
                  mongodb=redact(s.mongodb_uri), database=s.mongodb_database, group=s.consumer_group)
         self.mongo = AsyncMongoClient(s.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=False)
         self.repos = Repositories(self.mongo[s.mongodb_database])
-        self.redis = Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                    health_check_interval=15)
+        # A blocking pool: when every connection is busy, callers wait (backpressure) instead of failing.
+        pool = BlockingConnectionPool.from_url(s.redis_url, max_connections=s.redis_max_connections, timeout=30,
+                                               socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
+        self.redis = Redis(connection_pool=pool)
         store = RedisStore(self.redis, prefix=s.redis_key_prefix)
         self.processor = Processor(self.repos, store, badge_cache_ttl=s.badge_cache_ttl_s,
                                    concurrency=s.concurrency, max_attempts=s.max_attempts)
@@ -204,9 +206,9 @@ class Worker:
         started = time.perf_counter()
         try:
             results = await self.processor.process_batch(records)
+            # 500s are not stored: a DLQ replay of them is meant to run them again
             await self.repos.ledger_store_outcomes(
-                (*r.ledger, r.outcome) for r in results if r.ledger is not None and not r.replayed
-                and r.code != 500)
+                (r.ledger, r.outcome) for r in results if r.ledger is not None and not r.replayed and r.code != 500)
             await self._commit(tp, producer, records, results)
         except Exception as exc:
             if not (is_infra_error(exc) or isinstance(exc, KafkaError)):
