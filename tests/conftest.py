@@ -103,7 +103,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
         env[name.upper()] = str(value)
-    env["LOG_LEVEL"] = "WARNING"
+    env["LOG_LEVEL"] = "INFO"
     return env
 
 

@@ -27,6 +27,13 @@ def earn(rid: str, customer: int, badge: str, **extra: object) -> dict[str, obje
     return {"orgId": ORG, "requestId": rid, "badgeMetaId": badge, "customerId": customer, **extra}
 
 
+async def wait_count(collector: Collector, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while len(collector.outcomes) < count:
+        assert time.monotonic() < deadline, f"only {len(collector.outcomes)} of {count} outcomes"
+        await collector.poll(100)
+
+
 async def settle(collector: Collector, seconds: float = 3.0) -> None:
     """Keep reading for a while, so that a duplicate outcome would be seen."""
     deadline = time.monotonic() + seconds
@@ -48,8 +55,7 @@ async def test_sigkill_mid_stream_then_restart_gives_exactly_one_outcome_each(
         kills = []
         publishing = asyncio.create_task(pub.send_many(s.topic_earns, bodies))
         for threshold in (800, 2500):  # two SIGKILLs, each in the middle of the stream
-            while len(collector.outcomes) < threshold:
-                await collector.poll(100)
+            await wait_count(collector, threshold)
             worker_processes[-1].kill()
             kills.append(len(collector.outcomes))
             worker_processes.append(WorkerProcess(s, log).start())
@@ -88,12 +94,10 @@ async def test_redis_flushall_mid_stream_never_exceeds_a_limit(
     flushed_at = 0
     async with running_worker(s), Collector(s) as collector, Publisher(s) as pub:
         publishing = asyncio.create_task(pub.send_many(s.topic_earns, bodies))
-        while len(collector.outcomes) < 300:
-            await collector.poll(50)
+        await wait_count(collector, 300)
         await redis_client.flushall()
         flushed_at = len(collector.outcomes)
-        while len(collector.outcomes) < 700:
-            await collector.poll(50)
+        await wait_count(collector, 700)
         await redis_client.flushall()  # and once more
         coords = await publishing
         seen = await collector.wait_for(coords, 180)
@@ -204,8 +208,7 @@ async def test_sigterm_drains_commits_and_exits_zero(
     async with Collector(s) as collector, Publisher(s) as pub:
         worker_processes.append(WorkerProcess(s, log).start())
         coords = await pub.send_many(s.topic_earns, [earn(f"t{n}", 90_000 + n, "term-b") for n in range(1500)])
-        while len(collector.outcomes) < 200:
-            await collector.poll(50)
+        await wait_count(collector, 200)
         code = worker_processes[-1].terminate(60)
         after_stop = len(collector.outcomes)
         worker_processes.append(WorkerProcess(s, log).start())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import signal
 import time
 from collections.abc import Sequence
@@ -133,6 +134,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # operators: where is it waiting?
+
 
     # ------------------------------------------------------------------ rebalance
     async def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -270,3 +273,11 @@ async def run_worker(settings: Settings) -> None:
     worker = Worker(settings)
     worker.install_signal_handlers()
     await worker.run()
+
+
+def dump_tasks() -> None:
+    """Log the stack of every asyncio task (kill -USR1 <pid>)."""
+    for task in asyncio.all_tasks():
+        buffer = io.StringIO()
+        task.print_stack(limit=12, file=buffer)
+        log.warning("task_stack", task=task.get_name(), stack=buffer.getvalue()[-3000:])
