@@ -76,11 +76,14 @@ class Repositories:
             ],
             self.badges: [IndexModel([("orgId", ASCENDING), ("badgeGroupId", ASCENDING)], name="org_group")],
         }
-        # One index per call: FerretDB 1.24 drops the connection (a panic) when a single
-        # createIndexes names two or more indexes that already exist.
+        # Only the missing ones, one per call: FerretDB 1.24 drops the connection (a panic) when
+        # one createIndexes names several existing indexes, and index creation next to other
+        # writers is where it deadlocks; a restarted worker then creates nothing.
         for collection, models in wanted.items():
+            existing = {ix["name"] async for ix in await collection.list_indexes()}
             for model in models:
-                await collection.create_indexes([model])
+                if model.document["name"] not in existing:
+                    await collection.create_indexes([model])
 
     # ---- badge definitions
     async def upsert_badge(self, badge: BadgeDefinition) -> None:

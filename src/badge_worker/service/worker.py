@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -67,7 +67,9 @@ class Worker:
         s = self.settings
         log.info("connecting", kafka=s.kafka_bootstrap_servers, redis=redact(s.redis_url),
                  mongodb=redact(s.mongodb_uri), database=s.mongodb_database, group=s.consumer_group)
-        self.mongo = AsyncMongoClient(s.mongodb_uri, serverSelectionTimeoutMS=5000, tz_aware=False)
+        # socketTimeoutMS: a request the server never answers becomes a retryable NetworkTimeout
+        self.mongo = AsyncMongoClient(s.mongodb_uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=30_000,
+                                      tz_aware=False)
         self.repos = Repositories(self.mongo[s.mongodb_database])
         # A blocking pool: when every connection is busy, callers wait (backpressure) instead of failing.
         pool = BlockingConnectionPool.from_url(s.redis_url, max_connections=s.redis_max_connections, timeout=30,
@@ -276,8 +278,13 @@ async def run_worker(settings: Settings) -> None:
 
 
 def dump_tasks() -> None:
-    """Log the stack of every asyncio task (kill -USR1 <pid>)."""
+    """Log where every asyncio task is waiting, innermost call last (kill -USR1 <pid>)."""
     for task in asyncio.all_tasks():
-        buffer = io.StringIO()
-        task.print_stack(limit=12, file=buffer)
-        log.warning("task_stack", task=task.get_name(), stack=buffer.getvalue()[-3000:])
+        frames: list[str] = []
+        coro: Any = task.get_coro()
+        while coro is not None and len(frames) < 30:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                frames.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        log.warning("task_stack", task=task.get_name(), stack=frames)
