@@ -91,11 +91,19 @@ async def latency(s: Settings, n: int, rate: float, customers: int) -> tuple[flo
     async with Collector(s) as collector, Publisher(s) as pub:
         worker = Worker(s)
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(3)  # group join and partition assignment are not part of the latency
+        await asyncio.sleep(5)  # group join and partition assignment are not part of the latency
+
+        async def keep_polling() -> None:  # outcomes are timed when they arrive, not after publishing
+            while True:
+                await collector.poll(100)
+
+        poller = asyncio.create_task(keep_polling())
         coords = []
+        all_bodies = bodies(n, customers, "l")
         for chunk_start in range(0, n, 10):
-            coords += await pub.send_many(s.topic_earns, bodies(n, customers, "l")[chunk_start:chunk_start + 10])
+            coords += await pub.send_many(s.topic_earns, all_bodies[chunk_start:chunk_start + 10])
             await asyncio.sleep(10 / rate)
+        poller.cancel()
         seen = await collector.wait_for(coords, 600)
         worker.stop()
         await task

@@ -76,7 +76,8 @@ class Collector:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                         isolation_level="read_committed", enable_auto_commit=False)
+                                         isolation_level="read_committed", enable_auto_commit=False,
+                                         fetch_max_wait_ms=50)
         self.outcomes: list[Outcome] = []
         self._cursor = 0  # outcomes before this index were handed out by a wait_* call
 

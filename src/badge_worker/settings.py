@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     topic_partitions: int = 8  # used when the worker creates missing topics
     batch_max_records: int = 2000
     fetch_timeout_ms: int = 200
+    fetch_max_wait_ms: int = 50  # broker-side wait for new records: the floor of the latency
     concurrency: int = 256  # entities processed at once within a partition batch
     redis_max_connections: int = 64
     max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ

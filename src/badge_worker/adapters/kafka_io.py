@@ -53,6 +53,7 @@ def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=settings.batch_max_records,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         max_poll_interval_ms=300_000,
         session_timeout_ms=15_000,
         heartbeat_interval_ms=3_000,
