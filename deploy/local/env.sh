@@ -22,4 +22,3 @@ if [[ ! -f $stamp ]]; then
 fi
 export PATH="$repo/.venv/bin:$PATH"
 deploy/local/stack up
-eval "$(deploy/local/stack env)"

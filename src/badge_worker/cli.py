@@ -28,8 +28,8 @@ def load_badge_files(paths: list[Path]) -> list[BadgeDefinition]:
     return badges
 
 
-async def load_badges(settings: Settings, paths: list[Path]) -> int:
-    badges = load_badge_files(paths)
+async def store_badges(settings: Settings, badges: list[BadgeDefinition]) -> int:
+    """Upsert definitions (and create the indexes the worker needs)."""
     client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_uri)  # type: ignore[type-arg]
     try:
         repos = Repositories(client[settings.mongodb_database])
@@ -39,6 +39,10 @@ async def load_badges(settings: Settings, paths: list[Path]) -> int:
     finally:
         await client.close()
     return len(badges)
+
+
+async def load_badges(settings: Settings, paths: list[Path]) -> int:
+    return await store_badges(settings, load_badge_files(paths))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pymongo import AsyncMongoClient
-
-from badge_worker.adapters.mongo import Repositories
+from badge_worker.cli import store_badges
 from badge_worker.client import Collector, Coord, Publisher
 from badge_worker.domain.models import BadgeDefinition
 from badge_worker.seedpages import badge_examples, default_seeds_dir
@@ -66,14 +64,7 @@ async def run_demo(settings: Settings, seeds: Path | None) -> int:
     run = uuid.uuid4().hex[:6]
     now = time.time()
     badges = seed_badges(seeds) + demo_badges(now, run)
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_uri)  # type: ignore[type-arg]
-    try:
-        repos = Repositories(client[settings.mongodb_database])
-        await repos.ensure_indexes()
-        for badge in badges:
-            await repos.upsert_badge(badge)
-    finally:
-        await client.close()
+    await store_badges(settings, badges)
     print(f"loaded {len(badges)} badge definitions (run {run})")
 
     earn_b, issue_b, off_b = (f"demo-earn-{run}", f"demo-issue-{run}", f"demo-off-{run}")

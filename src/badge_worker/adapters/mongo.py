@@ -14,6 +14,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -162,16 +163,19 @@ class Repositories:
                                    "status": "ACTIVE"})
         return [IssueRecord(str(d["_id"]), d["issuedOn"], d.get("expiresOn"), True) async for d in cursor]
 
-    async def insert_issue(self, org: int, request_id: str, doc: Doc) -> Doc:
-        """Idempotent per requestId: the stored issue (new, or the one written before a crash)."""
-        body = {"orgId": org, "requestId": request_id, "status": "ACTIVE", **doc}
+    async def _insert_once(self, collection: AsyncCollection[Doc], body: Doc) -> Doc:
+        """Insert `body` unless its (orgId, requestId) is there already: the stored document
+        either way (new, or the one written before a crash or by an earlier delivery)."""
         try:
-            await self.writes.insert(self.issues, body)
+            await self.writes.insert(collection, body)
             return body
         except DuplicateKeyError:
-            found = await self.issues.find_one({"orgId": org, "requestId": request_id})
+            found = await collection.find_one({"orgId": body["orgId"], "requestId": body["requestId"]})
             assert found is not None
             return found
+
+    async def insert_issue(self, org: int, request_id: str, doc: Doc) -> Doc:
+        return await self._insert_once(self.issues, {"orgId": org, "requestId": request_id, "status": "ACTIVE", **doc})
 
     async def revoke_issues(self, org: int, issued_ids: Sequence[str], by_request: str) -> None:
         ids = [as_object_id(i) for i in issued_ids]
@@ -190,15 +194,9 @@ class Repositories:
     # Both are inserts (batched); only a rejection updates the intent. A rebuild counts the
     # ACTIVE earned badges as held and the unresolved intents as provisional.
     async def insert_intent(self, org: int, request_id: str, doc: Doc) -> Doc:
-        """The earn's intent, idempotent per requestId: the stored one (new or from before a crash)."""
-        body = {"orgId": org, "requestId": request_id, "status": EarnStatus.PENDING, **doc}
-        try:
-            await self.writes.insert(self.intents, body)
-            return body
-        except DuplicateKeyError:
-            found = await self.intents.find_one({"orgId": org, "requestId": request_id})
-            assert found is not None
-            return found
+        """The earn's intent, idempotent per requestId."""
+        return await self._insert_once(self.intents, {"orgId": org, "requestId": request_id,
+                                                      "status": EarnStatus.PENDING, **doc})
 
     async def reject_intent(self, intent_id: Any) -> None:
         await self.writes.update(self.intents, {"_id": intent_id}, {"$set": {"status": EarnStatus.REJECTED}})
@@ -207,15 +205,9 @@ class Repositories:
         await self.writes.update(self.intents, {"_id": intent_id}, {"$set": {"status": EarnStatus.PENDING}})
 
     async def insert_earned(self, org: int, request_id: str, doc: Doc) -> Doc:
-        """The earned badge (ACTIVE), idempotent per requestId: returns the stored document."""
-        body = {"orgId": org, "requestId": request_id, "status": EarnStatus.ACTIVE, **doc}
-        try:
-            await self.writes.insert(self.earned, body)
-            return body
-        except DuplicateKeyError:
-            found = await self.earned.find_one({"orgId": org, "requestId": request_id})
-            assert found is not None
-            return found
+        """The earned badge (ACTIVE), idempotent per requestId."""
+        return await self._insert_once(self.earned, {"orgId": org, "requestId": request_id,
+                                                     "status": EarnStatus.ACTIVE, **doc})
 
     async def find_earned_by_request(self, org: int, request_id: str) -> Doc | None:
         return await self.earned.find_one({"orgId": org, "requestId": request_id})
