@@ -10,7 +10,6 @@ Every test gets its own topics, consumer group, Redis key prefix and MongoDB dat
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -171,11 +170,3 @@ def worker_processes(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
     for w in started:
         w.kill()
 
-
-async def run_worker_task(settings: Settings) -> tuple[Any, asyncio.Task[None]]:
-    """An in-process worker; returns (worker, task). Stop it with worker.stop(); await task."""
-    from badge_worker.service.worker import Worker
-
-    worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
-    return worker, task

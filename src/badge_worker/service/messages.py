@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from badge_worker import constants as K
@@ -45,7 +45,6 @@ class Result:
     to_dlq: bool = False
     replayed: bool = False  # the stored first outcome was sent again
     ledger: Any = None  # the ledger entry (ObjectId) to store the outcome under
-    log: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
