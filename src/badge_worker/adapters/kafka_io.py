@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from typing import Any
@@ -32,15 +33,23 @@ async def ensure_topics(settings: Settings, partitions: int | None = None) -> No
         await admin.close()
 
 
-async def partitions_of(settings: Settings, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of `topics` (a consumer only knows the topics it subscribes to)."""
+async def partitions_of(settings: Settings, topics: list[str], timeout: float = 30.0) -> list[TopicPartition]:
+    """Every partition of `topics` (a consumer only knows the topics it subscribes to).
+
+    Just after a topic is created the broker may describe it without partitions yet: wait."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        described = await admin.describe_topics(topics)
+        while True:
+            described = await admin.describe_topics(topics)
+            found = {t["topic"]: t for t in described if t["error_code"] == 0 and t["partitions"]}
+            if set(found) >= set(topics) or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
     finally:
         await admin.close()
-    return [TopicPartition(t["topic"], p["partition"]) for t in described if t["error_code"] == 0
+    return [TopicPartition(t["topic"], p["partition"]) for t in found.values()
             for p in sorted(t["partitions"], key=lambda p: p["partition"])]
 
 
