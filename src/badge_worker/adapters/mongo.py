@@ -1,7 +1,8 @@
 """MongoDB repositories (PyMongo's AsyncMongoClient): the truth behind every effect.
 
 No multi-document transactions (FerretDB has none): every write is idempotent per
-(orgId, requestId) through unique indexes, and state moves forward by conditional updates.
+(orgId, requestId) through unique indexes. The earn path only inserts (ledger, intent, earned
+badge, outcome); updates, by `_id`, are left to rejections, revokes and claims.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ end
 local own = 0
 if state == 'provisional' then own = 1 end
 
+-- The same loop as release.lua: a script cannot call another, and giving back a provisional
+-- earn must happen inside this call to stay atomic.
 local function release_own()
   local taken = cjson.decode(redis.call('HGET', KEYS[2], 'keys'))
   for _, item in ipairs(taken) do
