@@ -26,6 +26,8 @@ OUTCOMES = "outcomes"  # the first outcome of each ledger entry, under the entry
 ISSUES = "issues"
 EARNED = "earned_badges"
 INTENTS = "earn_intents"  # an earn about to take its limits (see adapters/mongo.py)
+SETTINGS = "settings"  # process-wide values shared by workers and operator tools
+REPLAY_KEY_ID = "replay-signing-key"
 
 # Kafka headers written on outcomes, DLQ records and replays
 H_INPUT_TOPIC = "x-input-topic"
@@ -35,3 +37,5 @@ H_ERROR_CODE = "x-error-code"
 H_ERROR_MESSAGE = "x-error-message"
 H_ORIGINAL_TIMESTAMP = "x-original-timestamp"
 H_REPLAY_OF = "x-replay-of"  # "topic/partition/offset" of the original message
+H_REPLAY_SIGNATURE = "x-replay-signature"  # proof that `dlq replay` wrote the two above
+H_ERROR_TYPE = "x-error-type"  # DLQ: the exception class of a 500

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     http_port: int = 8080  # /healthz /readyz /metrics; 0 disables
     log_level: str = "INFO"
     transaction_timeout_ms: int = 60_000
+    replay_signing_key: str | None = None  # else a random key kept in MongoDB (replay_marks.py)
 
     def output_topics(self) -> list[str]:
         return [self.topic_results, self.topic_errors, self.topic_dlq]
