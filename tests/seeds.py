@@ -1,16 +1,22 @@
-"""Where the contract's seed pages are, for the tests."""
+"""The vendor's JSON examples, as committed under tests/fixtures/vendor_examples (see its README)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from badge_worker.seedpages import default_seeds_dir
-
-REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "vendor_examples"
 
 
-def seeds_dir() -> Path:
-    folder = default_seeds_dir() or (REPO.parent / "shared" / "seeds")
-    if not folder.is_dir():
-        raise FileNotFoundError("seed pages not found; set BADGE_SEEDS_DIR")
-    return folder
+def vendor_examples() -> dict[str, list[Any]]:
+    """Page stem (e.g. "issue-badge-earn") -> the complete JSON objects of that page, in page order."""
+    pages = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(FIXTURES.glob("*.json"))}
+    if not pages:
+        raise FileNotFoundError(f"no vendor examples in {FIXTURES}")
+    return pages
+
+
+def all_examples() -> list[Any]:
+    """Every example of every page, page after page."""
+    return [obj for objects in vendor_examples().values() for obj in objects]

@@ -1,4 +1,4 @@
-"""The main job: load badge definitions (the seed pages' and a few live demo badges), publish
+"""The main job: load badge definitions (the vendor's examples and a few live demo badges), publish
 a sample of claim/issue/earn commands including rejections, run the worker, print outcomes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from badge_worker.cli import store_badges
 from badge_worker.client import Collector, Coord, Publisher
 from badge_worker.domain.models import BadgeDefinition
-from badge_worker.seedpages import badge_examples, default_seeds_dir
+from badge_worker.seedpages import badge_examples, default_seeds_dir, packaged_badges
 from badge_worker.service.worker import Worker
 from badge_worker.settings import Settings
 
@@ -50,9 +50,17 @@ def demo_badges(now: float, run: str) -> list[BadgeDefinition]:
 
 
 def seed_badges(seeds: Path | None) -> list[BadgeDefinition]:
-    """Every complete badge example of the seed pages (they ended in the past: 815 shows that)."""
-    folder = seeds or default_seeds_dir()
-    return badge_examples(folder) if folder is not None and folder.is_dir() else []
+    """The vendor's example badges (they ended in the past: 815 shows that).
+
+    By default the ones shipped in the package; a folder of API pages given with `--seeds` (or
+    $BADGE_SEEDS_DIR) is read instead.
+    """
+    if seeds is not None:
+        if not seeds.is_dir():
+            raise SystemExit(f"--seeds {seeds}: not a folder")
+        return badge_examples(seeds)
+    folder = default_seeds_dir()
+    return badge_examples(folder) if folder is not None else packaged_badges()
 
 
 def _cell(text: Any, width: int) -> str:
