@@ -6,7 +6,9 @@ writer per database), mostly collide (SQLITE_BUSY). Here every write of a proces
 through one flusher: the inserts queued meanwhile go out as one `insert_many(ordered=False)`
 per collection, each caller getting its own result (DuplicateKeyError included); updates,
 always by `_id`, go one at a time (measured on FerretDB 1.24: ~1 ms each, whereas one bulk
-of 200 updates took over a minute and held the writer all along).
+of 200 updates took over a minute and held the writer all along). One bad document never
+fails another's write: a batch refused as a whole (a document the driver cannot encode, a
+command error) is sent again one document at a time, so that only the bad one fails.
 """
 
 from __future__ import annotations
@@ -16,12 +18,24 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson.errors import InvalidDocument
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, WriteError
+from pymongo.errors import (
+    BulkWriteError,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    WriteConcernError,
+    WriteError,
+)
 
 Doc = dict[str, Any]
 
 TRANSIENT_MARKERS = ("database is locked", "SQLITE_BUSY", "database table is locked")
+# Raised by the driver while encoding a document, before anything is sent: a str with a lone
+# surrogate (UnicodeEncodeError), an int beyond int64 (OverflowError), a type BSON lacks or a
+# document over 16 MB (InvalidDocument, DocumentTooLarge).
+ENCODING_ERRORS: tuple[type[Exception], ...] = (InvalidDocument, OverflowError, ValueError, TypeError)
 
 
 def is_transient_write_error(message: str) -> bool:
@@ -105,10 +119,29 @@ class WriteBatcher:
         except OperationFailure as exc:
             if is_transient_write_error(str(exc)) and not last:
                 return ops
+            if len(ops) > 1 and not isinstance(exc, WriteConcernError | ExecutionTimeout):
+                return await self._insert_each(ops, last)  # refused as a whole: find the one to blame
+            raise
+        except ENCODING_ERRORS:
+            if len(ops) > 1:  # a document the driver cannot encode: send them one by one
+                return await self._insert_each(ops, last)
             raise
         for op in ops:
             _resolve(op, None)
         return []
+
+    async def _insert_each(self, ops: list[_Op], last: bool) -> list[_Op]:
+        """Insert the documents of a batch that failed as a whole one at a time, so that only
+        the bad one gets the error. Connection errors still fail every op not resolved yet."""
+        retry: list[_Op] = []
+        for op in ops:
+            try:
+                retry += await self._insert_many([op], last)
+            except (InvalidDocument, OverflowError, ValueError, TypeError, OperationFailure) as exc:
+                if isinstance(exc, WriteConcernError | ExecutionTimeout):
+                    raise
+                _resolve(op, exc)
+        return retry
 
     async def _update_one(self, ops: list[_Op], last: bool) -> list[_Op]:
         (op,) = ops

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import accumulate
 from typing import Any
 
 from badge_worker.domain.errors import ErrorCode, Rejection, reject
 from badge_worker.domain.models import OwnerType
+from badge_worker.domain.outcomes import clip
 from badge_worker.domain.timeutil import parse_instant
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # orgId and customerId are stored as BSON int64
+MAX_TEXT = 1024  # characters of an id (requestId, badgeMetaId, referenceId, ...)
+MAX_DEPTH = 100  # nesting of arrays/objects in a message; commands are two levels deep
+# Event dates before this are refused: windows reach back from the event date, and must stay
+# within the calendar (year 1) for any sensible window length. 1900-01-01T00:00:00Z.
+MIN_EVENT_DATE = -2_208_988_800.0
 
 
 class CommandType(StrEnum):
@@ -66,31 +77,57 @@ class Undecodable:
 
     rejection: Rejection
     orgId: int | None = None
-    requestId: str | None = None
-    type: str | None = None
-    not_json: bool = False
+    requestId: str | None = None  # as sent, cut to outcomes.MAX_ECHO characters
+    type: str | None = None  # idem
+    not_json: bool = False  # not a JSON object (or not readable at all): also copied to the DLQ
+
+
+_INTEGER_TEXT = re.compile(r"\s*-?[0-9]{1,19}\s*")  # ASCII digits only, at most int64's 19
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:
+    """An integer within int64: a JSON integer, an integral finite float, or a decimal string."""
     value = body[name]
+    number: int
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer")
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise ValueError(f"{name} must be an integer")
+        number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError(f"{name} must be an integer")
+        number = int(value)
+    elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        number = int(value.strip())
+    else:
+        raise ValueError(f"{name} must be an integer")
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise ValueError(f"{name} is out of range (a 64-bit integer)")
+    return number
+
+
+def _valid_text(text: str) -> bool:
+    """Encodable as UTF-8: no lone surrogate (a JSON escape like \\ud800 can make one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _str_field(body: dict[str, Any], name: str) -> str:
     value = body[name]
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{name} must be a string")
+    if isinstance(value, int) and value.bit_length() > 4 * MAX_TEXT:  # str() of it would be slow
+        raise ValueError(f"{name} is too long")
     text = str(value).strip()
     if not text:
         raise ValueError(f"{name} must not be empty")
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"{name} is too long ({len(text)} characters, at most {MAX_TEXT})")
+    if not _valid_text(text):
+        raise ValueError(f"{name} is not valid Unicode text (a lone surrogate)")
     return text
 
 
@@ -99,15 +136,37 @@ def _present(body: dict[str, Any], name: str) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 
 
+def _show(value: object) -> str:
+    """A short, printable rendering of an input value for a rejection message."""
+    if isinstance(value, str):
+        return repr(clip(value, 64))  # repr escapes lone surrogates and control characters
+    return f"a {type(value).__name__}"
+
+
+def _echo(value: object) -> str | None:
+    """What an outcome repeats of a requestId or type it could not accept."""
+    if isinstance(value, str):
+        return clip(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() <= 4 * MAX_TEXT:
+        return clip(str(value))
+    return None
+
+
 def _owner(body: dict[str, Any], where: str) -> Owner | Rejection:
     if not _present(body, "ownerType"):
         return reject(ErrorCode.OWNER_TYPE_MISSING, field=f"{where}ownerType")
     if not _present(body, "referenceId"):
         return reject(ErrorCode.OWNER_ID_MISSING, field=f"{where}referenceId")
+    raw_type = body["ownerType"]
+    if not isinstance(raw_type, str):
+        return reject(ErrorCode.INVALID_VALUE, f"ownerType must be a string, got {_show(raw_type)}",
+                      field=f"{where}ownerType")
     try:
-        owner_type = OwnerType.parse(body["ownerType"])
-    except ValueError as exc:
-        return reject(ErrorCode.INVALID_VALUE, str(exc), field=f"{where}ownerType")
+        owner_type = OwnerType.parse(raw_type) if len(raw_type) <= MAX_TEXT else None
+    except ValueError:
+        owner_type = None
+    if owner_type is None:
+        return reject(ErrorCode.INVALID_VALUE, f"unknown ownerType {_show(raw_type)}", field=f"{where}ownerType")
     try:
         reference = _str_field(body, "referenceId")
     except ValueError as exc:
@@ -115,33 +174,67 @@ def _owner(body: dict[str, Any], where: str) -> Owner | Rejection:
     return Owner(owner_type, reference)
 
 
+# Nesting depth without parsing: string literals removed, then a running count of brackets.
+_STRING_LITERAL = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = [0] * 256
+_STEP[ord("[")] = _STEP[ord("{")] = 1
+_STEP[ord("]")] = _STEP[ord("}")] = -1
+
+
+def nesting_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays/objects in a JSON text (0 when it cannot exceed MAX_DEPTH)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return 0
+    brackets = _STRING_LITERAL.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def _not_json(reason: str) -> Undecodable:
+    return Undecodable(reject(ErrorCode.INVALID_VALUE, reason), not_json=True)
+
+
 def decode(raw: bytes | None, stream: Stream) -> Command | Undecodable:
-    """Bytes of one Kafka value -> a Command, or the rejection that explains why not."""
+    """Bytes of one Kafka value -> a Command, or the rejection that explains why not.
+
+    Never raises: any bytes give one or the other."""
+    data = raw or b""
     try:
-        body = json.loads(raw or b"")
-    except (ValueError, UnicodeDecodeError):
-        return Undecodable(reject(ErrorCode.INVALID_VALUE, "message is not valid UTF-8 JSON"),
-                           not_json=True)
+        text = data.decode("utf-8")  # strict: no UTF-16/32, no encoded surrogates (CESU-8)
+    except UnicodeDecodeError:
+        return _not_json("message is not valid UTF-8 JSON")
+    try:
+        if nesting_depth(data) > MAX_DEPTH:
+            return _not_json(f"message is nested more than {MAX_DEPTH} levels deep")
+        body = json.loads(text.removeprefix("\ufeff"))
+    except (ValueError, RecursionError):
+        return _not_json("message is not valid UTF-8 JSON")
     if not isinstance(body, dict):
-        return Undecodable(reject(ErrorCode.INVALID_VALUE, "message is not a JSON object"),
-                           not_json=True)
-    return decode_body(body, stream)
+        return _not_json("message is not a JSON object")
+    try:
+        return decode_body(body, stream)
+    except Exception:  # a bug here must not stop the partition: the message goes to the DLQ
+        return Undecodable(reject(ErrorCode.PROCESSING_FAILED, "the message could not be decoded"),
+                           orgId=None, requestId=_echo(body.get("requestId")),
+                           type=_echo(body.get("type")), not_json=True)
 
 
 def decode_body(body: dict[str, Any], stream: Stream) -> Command | Undecodable:
+    default = CommandType.CLAIM if stream is Stream.CLAIMS else CommandType.EARN
+    raw_type = body.get("type")
     request_id: str | None = None
+    request_echo = _echo(body.get("requestId")) if _present(body, "requestId") else None
     org_id: int | None = None
+
+    def fail(rejection: Rejection) -> Undecodable:
+        kind = clip(raw_type) if isinstance(raw_type, str) else default.value
+        return Undecodable(rejection, orgId=org_id, requestId=request_id or request_echo, type=kind)
+
     if _present(body, "requestId"):
         try:
             request_id = _str_field(body, "requestId")
         except ValueError as exc:
-            return Undecodable(reject(ErrorCode.INVALID_VALUE, str(exc), field="requestId"))
-    raw_type = body.get("type")
-    default = CommandType.CLAIM if stream is Stream.CLAIMS else CommandType.EARN
-
-    def fail(rejection: Rejection) -> Undecodable:
-        kind = raw_type if isinstance(raw_type, str) else default.value
-        return Undecodable(rejection, orgId=org_id, requestId=request_id, type=kind)
+            return fail(reject(ErrorCode.INVALID_VALUE, str(exc), field="requestId"))
 
     if not _present(body, "orgId"):
         return fail(reject(ErrorCode.INVALID_VALUE, "orgId is mandatory", field="orgId"))
@@ -154,11 +247,13 @@ def decode_body(body: dict[str, Any], stream: Stream) -> Command | Undecodable:
     if raw_type is None:
         kind = default
     else:
-        match = next((t for t in CommandType if isinstance(raw_type, str)
-                      and t.value.lower() == raw_type.strip().lower()), None)
+        match = None
+        if isinstance(raw_type, str) and len(raw_type) <= MAX_TEXT:
+            wanted = raw_type.strip().lower()
+            match = next((t for t in CommandType if t.value.lower() == wanted), None)
         if match is None or match not in allowed:
             return fail(reject(ErrorCode.INVALID_VALUE,
-                               f"type {raw_type!r} is not accepted on the {stream.value} topic",
+                               f"type {_show(raw_type)} is not accepted on the {stream.value} topic",
                                field="type"))
         kind = match
 
@@ -188,16 +283,22 @@ def decode_body(body: dict[str, Any], stream: Stream) -> Command | Undecodable:
         return fail(reject(ErrorCode.INVALID_VALUE, "badgeMetaId is mandatory", field="badgeMetaId"))
     try:
         badge_id = _str_field(body, "badgeMetaId")
-        customer_id = _int_field(body, "customerId") if kind in EARN_TOPIC_TYPES else None
     except ValueError as exc:
-        field = "badgeMetaId" if "badgeMetaId" in str(exc) else "customerId"
-        return fail(reject(ErrorCode.INVALID_VALUE, str(exc), field=field))
+        return fail(reject(ErrorCode.INVALID_VALUE, str(exc), field="badgeMetaId"))
+    customer_id: int | None = None
+    if kind in EARN_TOPIC_TYPES:
+        try:
+            customer_id = _int_field(body, "customerId")
+        except ValueError as exc:
+            return fail(reject(ErrorCode.INVALID_VALUE, str(exc), field="customerId"))
 
     event_date: float | None = None
     date_field = {CommandType.EARN: "earnEventDate", CommandType.ISSUE: "issueEventDate"}.get(kind)
     if date_field and body.get(date_field) is not None:
         try:
             event_date = parse_instant(body[date_field])
+            if event_date < MIN_EVENT_DATE:
+                raise ValueError("a date before 1900-01-01 is not accepted")
         except ValueError as exc:
             return fail(reject(ErrorCode.INVALID_VALUE, f"{date_field}: {exc}", field=date_field))
 

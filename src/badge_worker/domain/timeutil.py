@@ -25,34 +25,53 @@ class TimeUnit(StrEnum):
         return cls(aliases.get(key, key))
 
 
+MIN_INSTANT = -62_135_596_800.0  # 0001-01-01T00:00:00Z
+MAX_INSTANT = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+_MAX_DATE_TEXT = 64  # longer than any ISO-8601 date or epoch number
+
+
 def parse_instant(value: object) -> float:
     """Epoch seconds (int/float, or a numeric string) or an ISO-8601 string -> epoch seconds.
 
-    Raises ValueError for anything else. A naive ISO string is taken as UTC.
+    Raises ValueError (and nothing else) for anything else: any type, any size, any text.
+    A naive ISO string is taken as UTC.
     """
     if isinstance(value, bool):
         raise ValueError("a boolean is not a date")
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            result = float(text)
-        except ValueError:
-            if text.endswith(("Z", "z")):
-                text = text[:-1] + "+00:00"
-            parsed = datetime.fromisoformat(text)
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            result = parsed.timestamp()
-    else:
-        raise ValueError(f"not a date: {value!r}")
+    try:
+        if isinstance(value, int | float):
+            result = float(value)  # OverflowError for an int beyond float's range
+        elif isinstance(value, str):
+            result = _parse_text(value)
+        else:
+            raise ValueError(f"not a date: a {type(value).__name__}")
+    except OverflowError:
+        raise ValueError("date out of range") from None
     if not math.isfinite(result):
         raise ValueError("a date must be finite")
     # Within datetime's range, so that every accepted instant can be written back as ISO.
-    if not -62_135_596_800.0 <= result <= 253_402_300_799.0:
+    if not MIN_INSTANT <= result <= MAX_INSTANT:
         raise ValueError("date out of range")
     return result
+
+
+def _parse_text(value: str) -> float:
+    text = value.strip()
+    if len(text) > _MAX_DATE_TEXT:
+        raise ValueError(f"not a date: a text of {len(text)} characters")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    except (ValueError, OverflowError, OSError, TypeError):
+        raise ValueError(f"not an ISO-8601 date or epoch seconds: {text!r}") from None
 
 
 def to_datetime(ts: float) -> datetime:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from badge_worker import constants as K
+from badge_worker import replay_marks
 from badge_worker.domain.commands import Stream
+
+# A Kafka timestamp in milliseconds that every date function can handle (years 1970..9999).
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+_TIMESTAMP_TEXT = re.compile(r"[0-9]{1,15}")  # ASCII digits: int() would also take '١٢٣' and '1_000'
+
+
+@dataclass(frozen=True)
+class ReplayMark:
+    """The replay headers of a record whose x-replay-signature verified."""
+
+    origin: str  # x-replay-of: "topic/partition/offset" of the original message
+    original_ts: str  # x-original-timestamp, as sent (may be absent: "")
 
 
 @dataclass(frozen=True)
@@ -19,23 +34,68 @@ class InputRecord:
     headers: tuple[tuple[str, bytes], ...]
     timestamp_ms: int
     stream: Stream
+    # The key that `dlq replay` signs its replay headers with; None: replay headers are never trusted.
+    replay_secret: bytes | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
+        """The first header of that name, as text (invalid UTF-8 replaced, never raises)."""
         for key, value in self.headers:
             if key == name:
-                return value.decode("utf-8", "replace")
+                return bytes(value or b"").decode("utf-8", "replace")
         return None
+
+    def _strict_header(self, name: str) -> str | None:
+        """The only header of that name, if there is exactly one and it is valid UTF-8."""
+        found = [value for key, value in self.headers if key == name]
+        if len(found) != 1:
+            return None
+        try:
+            return bytes(found[0] or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @cached_property
+    def replay_mark(self) -> ReplayMark | None:
+        """The replay headers, if `dlq replay` wrote them: their signature verifies under
+        `replay_secret` (origin, original timestamp, key and value). Else None: a producer
+        cannot make a new message pass for an earlier one by setting x-replay-of."""
+        if not self.replay_secret:
+            return None
+        origin = self._strict_header(K.H_REPLAY_OF)
+        signature = self._strict_header(K.H_REPLAY_SIGNATURE)
+        if not origin or not signature:
+            return None
+        count = sum(1 for key, _ in self.headers if key == K.H_ORIGINAL_TIMESTAMP)
+        original_ts = self._strict_header(K.H_ORIGINAL_TIMESTAMP) if count else ""
+        if original_ts is None:  # repeated or not UTF-8
+            return None
+        try:
+            valid = replay_marks.verify(self.replay_secret, signature, origin, original_ts, self.key, self.value)
+        except (ValueError, TypeError):
+            return None
+        return ReplayMark(origin, original_ts) if valid else None
 
     @property
     def origin(self) -> str:
-        """Where the message first entered: a DLQ replay names its original coordinates."""
-        return self.header(K.H_REPLAY_OF) or f"{self.topic}/{self.partition}/{self.offset}"
+        """Where the message first entered: a (signed) DLQ replay names its original coordinates."""
+        mark = self.replay_mark
+        return mark.origin if mark is not None else f"{self.topic}/{self.partition}/{self.offset}"
+
+    @property
+    def original_timestamp_ms(self) -> int:
+        """The Kafka timestamp of the first delivery: a signed replay's x-original-timestamp if
+        it is a plain integer in range, else this record's own timestamp."""
+        mark = self.replay_mark
+        if mark is not None and _TIMESTAMP_TEXT.fullmatch(mark.original_ts):
+            original = int(mark.original_ts)
+            if original <= MAX_TIMESTAMP_MS:
+                return original
+        return self.timestamp_ms
 
     @property
     def now(self) -> float:
         """The message time (seconds): the original one for a replay."""
-        original = self.header(K.H_ORIGINAL_TIMESTAMP)
-        return (int(original) if original and original.isdigit() else self.timestamp_ms) / 1000.0
+        return self.original_timestamp_ms / 1000.0
 
 
 @dataclass
@@ -45,6 +105,8 @@ class Result:
     to_dlq: bool = False
     replayed: bool = False  # the stored first outcome was sent again
     ledger: Any = None  # the ledger entry (ObjectId) to store the outcome under
+    error_type: str | None = None  # a 500: the class of the exception of its last attempt
+    error_reason: str | None = None  # and its message
 
     @property
     def ok(self) -> bool:
