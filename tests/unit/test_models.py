@@ -1,22 +1,24 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from badge_worker.domain.models import BadgeDefinition, ConstraintType, EarnType, Expiry, OwnerType
-from badge_worker.seedpages import badge_examples, is_badge_payload, json_objects, page_examples
-from tests.seeds import seeds_dir
+from badge_worker.domain.models import BadgeDefinition, Constraint, ConstraintType, EarnType, Expiry, OwnerType
+from badge_worker.seedpages import badges_of, is_badge_payload, json_objects
+from tests.seeds import all_examples, vendor_examples
 
 
 def seed_badge_payloads() -> list[object]:
-    return [obj for objs in page_examples(seeds_dir()).values() for obj in objs if is_badge_payload(obj)]
+    return [obj for obj in all_examples() if is_badge_payload(obj)]
 
 
 def test_seed_pages_hold_the_expected_examples() -> None:
-    pages = page_examples(seeds_dir())
+    pages = vendor_examples()
     # 4 complete badge responses on the Get-badge page, 4 customer-badge responses
-    assert sum(is_badge_payload(o) for o in pages["get-badge-by-id.txt"]) == 4
-    assert sum(is_badge_payload(o) for o in pages["get-badges-for-customer.md"]) == 4
+    assert sum(is_badge_payload(o) for o in pages["get-badge-by-id"]) == 4
+    assert sum(is_badge_payload(o) for o in pages["get-badges-for-customer"]) == 4
     assert len(seed_badge_payloads()) == 8
 
 
@@ -30,11 +32,11 @@ def test_every_seed_badge_example_parses() -> None:
     assert types >= {ConstraintType.CUSTOMER_BADGE_FIXED_WINDOW, ConstraintType.BADGE_FIXED_WINDOW,
                      ConstraintType.CUSTOMER_BADGE_FIXED_VALUE, ConstraintType.BADGE_FIXED_VALUE,
                      ConstraintType.BADGE_ROLLING_WINDOW, ConstraintType.CUSTOMER_BADGE_ROLLING_WINDOW}
-    assert len(badge_examples(seeds_dir())) == len(ids)
+    assert len(badges_of(all_examples())) == len(ids)
 
 
 def test_seed_details_are_read() -> None:
-    by_id = {b.id: b for b in badge_examples(seeds_dir())}
+    by_id = {b.id: b for b in badges_of(all_examples())}
     og = by_id["662724bb8fe258516a88fde2"]
     assert og.startOn == pytest.approx(1707523237.192)
     assert og.earnedBadgeExpiry is not None and og.earnedBadgeExpiry.value == 2
@@ -153,3 +155,103 @@ def test_nulls_in_seed_shapes_take_defaults() -> None:
 def test_json_object_scanner_skips_truncated_snippets() -> None:
     text = 'prose {"a": 1} more "}" {"b": {"c": "}"}} "x": 1 }, {"broken": } {"d": [1]}'
     assert json_objects(text) == [{"a": 1}, {"b": {"c": "}"}}, {"d": [1]}]
+
+
+# ---- constraint identity: the name of a constraint's counters (docs/counters.md)
+
+FIXED_WINDOW = {"constraintType": "BADGE_FIXED_WINDOW", "durationType": "WEEKS", "refreshRate": 2,
+                "startDate": 1706702400, "startDayOfTheWeek": "MONDAY", "maxEarnLimit": 5, "endDate": 1800000000}
+CUSTOMER_ROLLING = {"constraintType": "CUSTOMER_BADGE_ROLLING_WINDOW", "maxEarnForDays": 1, "rollForDays": 2,
+                    "maxEarnForMonths": 3, "rollForMonths": 1}
+BADGE_ROLLING = {"constraintType": "BADGE_ROLLING_WINDOW", "rollType": "DAYS", "rollValue": 7, "maxEarnLimit": 4}
+LIFETIME = {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 2}
+
+
+def ident(body: dict[str, object]) -> str:
+    return Constraint.model_validate(body).identity()
+
+
+_KEEPING_EDITS = [
+    {"endDate": 1900000000}, {"endDate": None}, {"cycleStatus": "ACTIVE"},
+    {"currentCycle": {"startDate": 1, "endDate": 2}}, {"name": "renamed"}, {"somethingNew": [1, 2]},
+]
+
+
+@pytest.mark.parametrize(("body", "edit"), [
+    *[(body, edit) for body in (FIXED_WINDOW, BADGE_ROLLING, LIFETIME)
+      for edit in [{"maxEarnLimit": 99}, {"maxEarnLimit": 0}, *_KEEPING_EDITS]],
+    *[(CUSTOMER_ROLLING, edit) for edit in [{"maxEarnForDays": 9, "maxEarnForMonths": 0}, *_KEEPING_EDITS]],
+])
+def test_identity_ignores_limits_dates_and_extras(body: dict[str, object], edit: dict[str, object]) -> None:
+    assert ident({**body, **edit}) == ident(body)
+    assert len(ident(body)) == 12
+
+
+@pytest.mark.parametrize(("body", "edit"), [
+    (FIXED_WINDOW, {"durationType": "DAYS"}),
+    (FIXED_WINDOW, {"refreshRate": 3}),
+    (FIXED_WINDOW, {"startDate": 1706702401}),
+    (FIXED_WINDOW, {"startDate": None}),
+    (FIXED_WINDOW, {"startDayOfTheWeek": "SUNDAY"}),
+    (FIXED_WINDOW, {"constraintType": "CUSTOMER_BADGE_FIXED_WINDOW"}),
+    (BADGE_ROLLING, {"rollType": "WEEKS"}),
+    (BADGE_ROLLING, {"rollValue": 8}),
+    (CUSTOMER_ROLLING, {"rollForDays": 3}),
+    (CUSTOMER_ROLLING, {"maxEarnForWeeks": 2, "rollForWeeks": 1}),
+    (CUSTOMER_ROLLING, {"maxEarnForMonths": None, "rollForMonths": None}),
+    (LIFETIME, {"constraintType": "BADGE_FIXED_VALUE"}),
+])
+def test_identity_follows_the_window_shape(body: dict[str, object], edit: dict[str, object]) -> None:
+    assert ident({**body, **edit}) != ident(body)
+
+
+def test_identity_normalises_equivalent_spellings() -> None:
+    assert ident({**FIXED_WINDOW, "durationType": "WEEKLY"}) == ident(FIXED_WINDOW)
+    assert ident({**FIXED_WINDOW, "startDate": "2024-01-31T12:00:00Z"}) == ident(FIXED_WINDOW)
+    assert ident({**FIXED_WINDOW, "startDayOfTheWeek": " monday"}) == ident(FIXED_WINDOW)
+    daily = {"constraintType": "BADGE_FIXED_WINDOW", "durationType": "DAYS", "maxEarnLimit": 1}
+    assert ident({**daily, "refreshRate": 1}) == ident(daily)  # absent refreshRate means 1
+    # the weekday only shapes weekly windows
+    assert ident({**daily, "startDayOfTheWeek": "FRIDAY"}) == ident(daily)
+
+
+def test_reference_id_takes_precedence() -> None:
+    assert ident({**FIXED_WINDOW, "referenceId": "cap-1"}) == "cap-1"
+    assert ident({**FIXED_WINDOW, "referenceId": "cap-1", "durationType": "DAYS"}) == "cap-1"
+    assert ident({**FIXED_WINDOW, "referenceId": ""}) == ident(FIXED_WINDOW)  # empty: the digest
+
+
+def test_no_limit_constraints_have_an_identity_too() -> None:
+    assert ident({"constraintType": "BADGE_NO_LIMIT"}) != ident({"constraintType": "CUSTOMER_BADGE_NO_LIMIT"})
+
+
+_limits = st.one_of(st.none(), st.integers(min_value=0, max_value=10_000))
+_dates = st.one_of(st.none(), st.integers(min_value=0, max_value=4_000_000_000))
+
+
+@given(limit=st.integers(min_value=0, max_value=10_000), end=_dates, status=st.one_of(st.none(), st.text()),
+       extra=st.dictionaries(st.sampled_from(["badgeName", "notes", "x"]), st.integers()))
+def test_identity_property_limits_and_end_dates_never_matter(limit: int, end: int | None, status: str | None,
+                                                             extra: dict[str, int]) -> None:
+    for body in (FIXED_WINDOW, BADGE_ROLLING, LIFETIME):
+        edited = {**body, **extra, "maxEarnLimit": limit, "endDate": end, "cycleStatus": status}
+        assert ident(edited) == ident(body)
+
+
+@given(days=_limits, weeks=_limits, months=_limits)
+def test_identity_property_customer_rolling_limits_never_matter(days: int | None, weeks: int | None,
+                                                                months: int | None) -> None:
+    body: dict[str, object] = {"constraintType": "CUSTOMER_BADGE_ROLLING_WINDOW", "rollForDays": 2,
+                               "rollForWeeks": 1, "rollForMonths": 1,
+                               "maxEarnForDays": 1, "maxEarnForWeeks": 1, "maxEarnForMonths": 1}
+    edited = {**body, "maxEarnForDays": days if days is not None else 0, "maxEarnForWeeks": weeks or 0,
+              "maxEarnForMonths": months or 0}
+    assert ident(edited) == ident(body)
+
+
+@given(rate=st.integers(min_value=1, max_value=50), other=st.integers(min_value=1, max_value=50),
+       unit=st.sampled_from(["DAYS", "WEEKS", "MONTHS"]))
+def test_identity_property_refresh_rate_is_shape(rate: int, other: int, unit: str) -> None:
+    a = {"constraintType": "CUSTOMER_BADGE_FIXED_WINDOW", "durationType": unit, "refreshRate": rate,
+         "maxEarnLimit": 1}
+    assert (ident(a) == ident({**a, "refreshRate": other})) == (rate == other)

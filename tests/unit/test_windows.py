@@ -118,3 +118,46 @@ def test_next_room() -> None:
     assert next_room(week, None) == week.window_end
     assert next_room(roll, t - DAY) == t + 6 * DAY
     assert next_room(days, None) is None
+
+
+def _with_badge_constraints(*constraints: dict[str, object]) -> BadgeDefinition:
+    return BadgeDefinition.model_validate({"id": "b", "orgId": 1, "startOn": ANCHOR,
+                                           "badgeConstraints": list(constraints)})
+
+
+WEEKLY = {"constraintType": "BADGE_FIXED_WINDOW", "durationType": "WEEKLY", "maxEarnLimit": 10,
+          "startDayOfTheWeek": "MONDAY", "endDate": ANCHOR + 400 * DAY}
+ROLLING = {"constraintType": "BADGE_ROLLING_WINDOW", "rollType": "WEEKS", "rollValue": 1, "maxEarnLimit": 5}
+
+
+def test_editing_a_limit_or_end_date_keeps_the_counter_names() -> None:
+    t = ts(2024, 2, 7, 10)
+    before = [c.counter for c in limit_checks(_with_badge_constraints(WEEKLY, ROLLING), 1, t)]
+    edited = _with_badge_constraints({**WEEKLY, "maxEarnLimit": 20, "endDate": None, "cycleStatus": "ACTIVE"},
+                                     {**ROLLING, "maxEarnLimit": 1})
+    after = limit_checks(edited, 1, t)
+    assert [c.counter for c in after] == before
+    assert [c.limit for c in after] == [20, 1]  # the new limits apply to the same counts
+
+
+def test_changing_the_window_shape_starts_new_counters() -> None:
+    t = ts(2024, 2, 7, 10)
+    before = {c.counter for c in limit_checks(_with_badge_constraints(WEEKLY, ROLLING), 1, t)}
+    for edit in ({**WEEKLY, "refreshRate": 2}, {**WEEKLY, "startDayOfTheWeek": "WEDNESDAY"},
+                 {**ROLLING, "rollValue": 2}):
+        after = {c.counter for c in limit_checks(_with_badge_constraints(edit), 1, t)}
+        assert not after & before
+
+
+def test_constraints_of_one_shape_share_their_counter() -> None:
+    # Two lifetime caps with no referenceId count the same earns: one counter, two checks,
+    # each with its own limit (the counter must be taken once per earn; see docs/counters.md).
+    badge = _with_badge_constraints({"constraintType": "BADGE_FIXED_VALUE", "maxEarnLimit": 3},
+                                    {"constraintType": "BADGE_FIXED_VALUE", "maxEarnLimit": 5})
+    first, second = limit_checks(badge, 1, ANCHOR)
+    assert first.counter == second.counter and (first.limit, second.limit) == (3, 5)
+    # a referenceId keeps them apart
+    named = _with_badge_constraints({"constraintType": "BADGE_FIXED_VALUE", "maxEarnLimit": 3},
+                                    {"constraintType": "BADGE_FIXED_VALUE", "maxEarnLimit": 5, "referenceId": "r"})
+    a, b = limit_checks(named, 1, ANCHOR)
+    assert a.counter != b.counter and b.counter == "b:r:life"

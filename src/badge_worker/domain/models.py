@@ -207,12 +207,55 @@ class Constraint(_Open):
                     raise ValueError(f"rollFor{unit} must be >= 1 and maxEarnFor{unit} >= 0")
         return self
 
+    def window_shape(self) -> dict[str, Any]:
+        """What decides which earns this constraint counts together (see `identity`).
+
+        - every type: `constraintType` (it also carries the scope, customer or badge);
+        - `*_FIXED_WINDOW`: `durationType`, `refreshRate` (absent = 1), `startDate` (in
+          milliseconds) and, for weekly windows only, `startDayOfTheWeek` (upper case);
+        - `BADGE_ROLLING_WINDOW`: `rollType`, `rollValue`;
+        - `CUSTOMER_BADGE_ROLLING_WINDOW`: `rollForDays`, `rollForWeeks`, `rollForMonths` (the
+          roll lengths; `maxEarnFor*` are the limits over them and are left out);
+        - `*_FIXED_VALUE` / `*_NO_LIMIT`: nothing more.
+
+        Never the limits (`maxEarnLimit`, `maxEarnFor*`), `endDate`, `cycleStatus`,
+        `currentCycle`, `referenceId` or unknown extra fields.
+        """
+        kind = self.constraintType.value
+        shape: dict[str, Any] = {"constraintType": kind}
+        if kind.endswith("_FIXED_WINDOW"):
+            weekly = self.durationType is TimeUnit.WEEKS
+            shape.update(
+                durationType=None if self.durationType is None else self.durationType.value,
+                refreshRate=self.refreshRate or 1,
+                startDate=None if self.startDate is None else round(self.startDate * 1000),
+                startDayOfTheWeek=((self.startDayOfTheWeek or "").strip().upper() or None) if weekly else None,
+            )
+        elif kind == "BADGE_ROLLING_WINDOW":
+            shape.update(rollType=None if self.rollType is None else self.rollType.value, rollValue=self.rollValue)
+        elif kind == "CUSTOMER_BADGE_ROLLING_WINDOW":
+            shape.update(rollForDays=self.rollForDays, rollForWeeks=self.rollForWeeks,
+                         rollForMonths=self.rollForMonths)
+        return shape
+
     def identity(self) -> str:
-        """A stable name for the counters of this constraint (its referenceId, else a digest)."""
+        """The stable name of this constraint's counters (windows.limit_checks builds counter
+        names from it, so it decides which stored counts a definition keeps using).
+
+        Rule: the constraint's `referenceId` when it has one; otherwise the first 12 hex digits
+        of a SHA-1 of its window shape (`window_shape`: the constraint type and the shape of its
+        windows, nothing else). So editing a limit (`maxEarnLimit`, `maxEarnFor*`), `endDate`,
+        `cycleStatus`, `currentCycle`, a name or any unknown field keeps the counts; changing
+        the type or the window shape (or the referenceId) starts new counts.
+
+        Two constraints of one badge with the same shape (and no referenceId) get the same
+        identity and so share their counters: they count the same earns, each with its own
+        limit. Whoever takes counts must take a shared counter once per earn, not once per
+        constraint (see docs/counters.md).
+        """
         if self.referenceId:
             return self.referenceId
-        body = self.model_dump(mode="json", exclude={"currentCycle", "cycleStatus"})
-        digest = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        digest = hashlib.sha1(json.dumps(self.window_shape(), sort_keys=True).encode()).hexdigest()
         return digest[:12]
 
 

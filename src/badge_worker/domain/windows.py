@@ -99,7 +99,19 @@ def _rolling_entries(c: Constraint) -> list[tuple[TimeUnit, int, int]]:
 
 
 def limit_checks(badge: BadgeDefinition, customer_id: int, t: float) -> list[LimitCheck]:
-    """Every limit an earn at instant t must pass, customer limits first."""
+    """Every limit an earn at instant t must pass, customer limits first.
+
+    Counter names are `<owner>:<constraint identity>:<window>` (owner `c:<customerId>` or
+    `b`; window `life`, `w:<cycle start ms>` or `r:<value><unit>`). The identity
+    (`Constraint.identity`) is the referenceId, else a digest of the constraint's window
+    shape only, so editing a limit or endDate keeps the counts (docs/counters.md).
+
+    Two constraints with the same shape and no referenceId (e.g. two BADGE_FIXED_VALUE caps)
+    therefore yield checks on the SAME counter, each with its own limit. Every check is
+    returned and each must pass (the smaller limit decides), but the counter counts the same
+    earns once: whoever takes or rebuilds counts must take a counter once per earn, however
+    many checks name it.
+    """
     checks: list[LimitCheck] = []
     for constraint in [*badge.customerConstraints, *badge.badgeConstraints]:
         ctype = constraint.constraintType
