@@ -2,17 +2,20 @@
 
 import asyncio
 import random
+import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from badge_worker.adapters.redis_store import HeldEarn, NeedsRebuild, RedisStore
+from badge_worker.adapters.redis_store import CounterRef, HeldEarn, NeedsRebuild, RedisStore
 from badge_worker.domain import rules
 from badge_worker.domain.models import BadgeDefinition
 from badge_worker.domain.rules import LimitUsage
 from badge_worker.domain.windows import CheckKind, limit_checks
 
-T0 = 1_750_000_000.0
+# Recent: a window that ended more than the retention (14 days) before Redis's clock is not
+# kept in Redis any more (test_counters_state.py covers those).
+T0 = float(int(time.time()) - 3600)
 BADGE = BadgeDefinition.model_validate({
     "id": "b1", "orgId": 1, "startOn": T0 - 86400 * 30,
     "customerConstraints": [{"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 2}],
@@ -61,7 +64,7 @@ async def test_release_gives_the_slot_back(store: RedisStore) -> None:
         assert (await store.reserve(1, "b1", f"r{n}", T0 + n, limit_checks(BADGE, 7, T0 + n))).status == "OK"
     assert (await store.reserve(1, "b1", "r9", T0 + 5, limit_checks(BADGE, 7, T0 + 5))).status == "FULL"
     assert await store.release(1, "b1", "r0") == "RELEASED"
-    assert await store.release(1, "b1", "r0") == "NONE"  # idempotent
+    assert await store.release(1, "b1", "r0") == "DONE"  # idempotent: a tombstone says it was released
     assert (await store.reserve(1, "b1", "r9", T0 + 5, limit_checks(BADGE, 7, T0 + 5))).status == "OK"
 
 
@@ -87,8 +90,9 @@ async def test_racing_for_the_last_slot_exactly_k_win(store: RedisStore) -> None
 
 async def test_rebuild_restores_counts_and_provisional_earns(store: RedisStore) -> None:
     checks = limit_checks(BADGE, 7, T0)
-    limits = [("z" if c.kind is CheckKind.ROLLING else "c", c.counter) for c in checks]
-    held = [HeldEarn("done", T0, limits, confirmed=True), HeldEarn("pending", T0 + 1, limits, confirmed=False)]
+    limits = [CounterRef.of(c) for c in checks]
+    held = [HeldEarn("done", T0, limits, confirmed=True, earned_on=time.time()),
+            HeldEarn("pending", T0 + 1, limits, confirmed=False)]
     assert await store.rebuild(1, "b1", held)
     # the confirmed one is a duplicate; the pending one fits with itself excluded: confirmed
     assert (await store.reserve(1, "b1", "done", T0, checks)).detail == "DUP"
@@ -99,13 +103,14 @@ async def test_rebuild_restores_counts_and_provisional_earns(store: RedisStore) 
 
 async def test_a_provisional_earn_that_no_longer_fits_gives_back_its_counts(store: RedisStore, redis_client) -> None:  # type: ignore[no-untyped-def]
     checks = limit_checks(BADGE, 7, T0)
-    limits = [("z" if c.kind is CheckKind.ROLLING else "c", c.counter) for c in checks]
+    limits = [CounterRef.of(c) for c in checks]
     held = [HeldEarn(f"p{n}", T0 + n, limits, confirmed=False) for n in range(3)]  # 3 > customer cap 2
     assert await store.rebuild(1, "b1", held)
     outcomes = [await store.reserve(1, "b1", f"p{n}", T0 + n, checks) for n in range(3)]
     # all three were counted; the first that finds itself over the cap releases itself
     assert [o.status for o in outcomes] == ["FULL", "OK", "OK"]
-    assert int(await redis_client.get(store.counter_key(1, "b1", checks[0].counter))) == 2
+    # the customer's lifetime count lives in the badge's lifetime hash
+    assert int(await redis_client.hget(store.lifetime_key(1, "b1"), checks[0].counter)) == 2
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

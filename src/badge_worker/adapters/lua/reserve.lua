@@ -1,73 +1,162 @@
--- Check and take every limit of one earn, all or nothing.
--- KEYS[1] ready marker of the badge, KEYS[2] reservation hash of this requestId,
--- KEYS[3..] one counter per check.
--- ARGV[1] event date (epoch s), ARGV[2] member (requestId), ARGV[3] n checks,
--- then per check: kind ('c' counter | 'z' rolling set), limit, lower bound (exclusive).
--- Returns {'REBUILD'} | {'OK', 'NEW'|'DUP'|'CONFIRMED'} | {'FULL', index, count, blocking}.
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {'REBUILD'}
+-- Check and take every limit of one earn, all or nothing (docs/counters.md).
+-- KEYS[1] badge state hash {run, gen, seq, clock, cold}, KEYS[2] reservation hash of this
+-- requestId, KEYS[3] its release tombstone, KEYS[4] expiry index, KEYS[5] lifetime hash,
+-- KEYS[6] cold lock, KEYS[7..] the distinct counters of the checks (fixed-window strings,
+-- rolling-window zsets).
+-- ARGV[1] member (requestId), ARGV[2] event date, ARGV[3] caller's clock ('' = none),
+-- ARGV[4] how far the caller's clock may run ahead of Redis's, ARGV[5] retention,
+-- ARGV[6] reservation ttl, ARGV[7] seq floor, ARGV[8] gc batch, ARGV[9] idle ttl,
+-- ARGV[10] cold lock token ('' = none), ARGV[11] n checks, then 7 per check:
+--   kind ('l' lifetime | 'c' fixed window | 'z' rolling), ref (field of the lifetime hash, or
+--   index of the counter in KEYS), limit, bound (fixed: window end; rolling: exclusive lower
+--   bound), roll (rolling: the longest length of the window, s), given count and given
+--   blocking event ('' unless the caller decided this check from MongoDB under the cold lock).
+-- Returns {'REBUILD', why} | {'LOCK'} | {'OK', 'NEW'|'DUP'|'CONFIRMED', seq, cold}
+--       | {'FULL', index, count, blocking, seq, cold} | {'STALE', seq, cold, clock, index...}.
+local floor = tonumber(ARGV[7])
+local st, why = badge_state(KEYS[1], floor)
+if not st then return {'REBUILD', why} end
+local token = ARGV[10]
+if token ~= '' and redis.call('GET', KEYS[6]) ~= token then return {'LOCK'} end
+
+local member, ts = ARGV[1], tonumber(ARGV[2])
+local retention, res_ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local index, life = KEYS[4], KEYS[5]
+
+-- The counters' clock: never behind Redis's (so a key Redis expired is always one whose
+-- window is over), moved ahead by the caller's clock by at most ARGV[4].
+local now = server_now()
+local clock = math.max(st.clock, now)
+if ARGV[3] ~= '' then clock = math.max(clock, math.min(tonumber(ARGV[3]), now + tonumber(ARGV[4]))) end
+if clock > st.clock then redis.call('HSET', KEYS[1], 'clock', clock) end
+
+-- Collect a few keys whose window can no longer matter (bounded work per call).
+local dead = redis.call('ZRANGEBYSCORE', index, '-inf', clock, 'LIMIT', 0, tonumber(ARGV[8]))
+if #dead > 0 then
+  redis.call('UNLINK', unpack(dead))
+  redis.call('ZREM', index, unpack(dead))
 end
-local ts, member, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local state = redis.call('HGET', KEYS[2], 'state')
+
+local r = redis.call('HMGET', KEYS[2], 'state', 'gen', 'keys')
+local state = nil
+if r[1] then
+  if r[2] == st.gen then state = r[1] else redis.call('DEL', KEYS[2]) end  -- from before a rebuild
+end
 if state == 'held' then
-  return {'OK', 'DUP'}
+  return {'OK', 'DUP', st.seq, st.cold}
 end
 -- A provisional reservation was restored from a PENDING earn by a rebuild: it is already
--- counted, so it must fit with itself excluded, or give its counts back.
-local own = 0
-if state == 'provisional' then own = 1 end
-
--- The same loop as release.lua: a script cannot call another, and giving back a provisional
--- earn must happen inside this call to stay atomic.
+-- counted in the keys it lists, so there it must fit with itself excluded, or give back.
+local owned, own = {}, {}
+if state == 'provisional' then
+  owned = cjson.decode(r[3])
+  for _, item in ipairs(owned) do own[item[1] .. '|' .. item[2]] = true end
+end
 local function release_own()
-  local taken = cjson.decode(redis.call('HGET', KEYS[2], 'keys'))
-  for _, item in ipairs(taken) do
-    if item[1] == 'c' then
-      if tonumber(redis.call('GET', item[2]) or '0') > 0 then redis.call('DECR', item[2]) end
-    else
-      redis.call('ZREM', item[2], member)
-    end
-  end
+  for _, item in ipairs(owned) do give_back(life, item, member) end
   redis.call('DEL', KEYS[2])
+  redis.call('ZREM', index, KEYS[2])
 end
 
+local n = tonumber(ARGV[11])
+local checks, stale = {}, {}
 for i = 1, n do
-  local base = 3 + (i - 1) * 3
-  local kind, limit, lo = ARGV[base + 1], tonumber(ARGV[base + 2]), ARGV[base + 3]
-  local key = KEYS[2 + i]
-  local count
-  if kind == 'c' then
-    count = tonumber(redis.call('GET', key) or '0')
-  else
-    count = redis.call('ZCOUNT', key, '(' .. lo, ts)
-  end
-  count = count - own
-  if count >= limit then
-    local blocking = false
-    if kind == 'z' then
-      -- the event that has to leave the window before there is room again
-      local r = redis.call('ZRANGEBYSCORE', key, '(' .. lo, ts, 'WITHSCORES', 'LIMIT', count - limit, 1)
-      if r[2] then blocking = r[2] end
+  local b = 11 + (i - 1) * 7
+  local c = {kind = ARGV[b + 1], ref = ARGV[b + 2], limit = tonumber(ARGV[b + 3]), bound = ARGV[b + 4],
+             roll = tonumber(ARGV[b + 5]) or 0, given = ARGV[b + 6], gblock = ARGV[b + 7]}
+  if c.kind ~= 'l' then c.ref = KEYS[tonumber(c.ref)] end
+  checks[i] = c
+  local count, blocking = nil, false
+  if c.given ~= '' then
+    count = tonumber(c.given)
+    if c.gblock ~= '' then blocking = c.gblock end
+  elseif c.kind == 'l' then
+    count = tonumber(redis.call('HGET', life, c.ref) or '0')
+  elseif c.kind == 'c' then
+    if tonumber(c.bound) + retention <= clock then
+      stale[#stale + 1] = i  -- the window ended before the retention horizon: not kept here
+    else
+      count = tonumber(redis.call('GET', c.ref) or '0')
     end
-    if own == 1 then release_own() end
-    return {'FULL', i, count, blocking}
+  else
+    local keep_from = clock - retention - c.roll
+    redis.call('ZREMRANGEBYSCORE', c.ref, '-inf', keep_from)  -- trim on every reserve
+    if ts + retention <= clock then
+      stale[#stale + 1] = i
+    else
+      count = redis.call('ZCOUNT', c.ref, '(' .. c.bound, ts)
+    end
   end
+  if count then
+    if c.given == '' and own[c.kind .. '|' .. c.ref] then count = count - 1 end
+    -- the first check that is full decides, unless an earlier one could not be read here
+    if count >= c.limit and #stale == 0 then
+      if c.kind == 'z' and c.given == '' then
+        -- the event that has to leave the window before there is room again
+        local w = redis.call('ZRANGEBYSCORE', c.ref, '(' .. c.bound, ts, 'WITHSCORES', 'LIMIT', count - c.limit, 1)
+        if w[2] then blocking = w[2] end
+      end
+      if state == 'provisional' then release_own() end
+      return {'FULL', i, count, blocking, st.seq, st.cold}
+    end
+  end
+end
+if #stale > 0 then
+  local reply = {'STALE', st.seq, st.cold, tostring(clock)}
+  for _, i in ipairs(stale) do reply[#reply + 1] = i end
+  return reply
 end
 
-if own == 1 then
-  redis.call('HSET', KEYS[2], 'state', 'held')
-  return {'OK', 'CONFIRMED'}
+-- Take: each key once per earn, however many checks name it.
+local taken, seen = {}, {}
+for _, item in ipairs(owned) do
+  taken[#taken + 1] = item
+  seen[item[1] .. '|' .. item[2]] = true
 end
-local taken = {}
-for i = 1, n do
-  local base = 3 + (i - 1) * 3
-  local kind, key = ARGV[base + 1], KEYS[2 + i]
-  if kind == 'c' then
-    redis.call('INCR', key)
-  else
-    redis.call('ZADD', key, ts, member)
+local used_cold = false
+for _, c in ipairs(checks) do
+  if c.given ~= '' then used_cold = true end
+  local id = c.kind .. '|' .. c.ref
+  if not seen[id] then
+    seen[id] = true
+    if c.kind == 'l' then
+      redis.call('HINCRBY', life, c.ref, 1)
+      taken[#taken + 1] = {'l', c.ref}
+    elseif c.kind == 'c' then
+      local e = tonumber(c.bound) + retention
+      if e > clock then  -- a window past the horizon (decided from MongoDB) is not kept
+        redis.call('INCR', c.ref)
+        redis.call('EXPIREAT', c.ref, math.ceil(e))
+        redis.call('ZADD', index, 'NX', e, c.ref)
+        taken[#taken + 1] = {'c', c.ref}
+      end
+    else
+      local keep_from = clock - retention - c.roll
+      if ts > keep_from then  -- still inside some window a live check can look at
+        redis.call('ZADD', c.ref, ts, member)
+        local e = ts + c.roll + retention
+        local cur = tonumber(redis.call('ZSCORE', index, c.ref))
+        if not cur or e > cur then
+          redis.call('ZADD', index, e, c.ref)
+          cur = e
+        end
+        redis.call('EXPIREAT', c.ref, math.ceil(cur))
+        taken[#taken + 1] = {'z', c.ref}
+      end
+    end
   end
-  taken[i] = {kind, key}
 end
-redis.call('HSET', KEYS[2], 'state', 'held', 'keys', cjson.encode(taken), 'member', member)
-return {'OK', 'NEW'}
+local expires = clock + res_ttl
+redis.call('HSET', KEYS[2], 'state', 'held', 'gen', st.gen, 'keys', cjson.encode(taken), 'member', member)
+redis.call('EXPIREAT', KEYS[2], math.ceil(expires))
+redis.call('ZADD', index, expires, KEYS[2])
+if redis.call('DEL', KEYS[3]) == 1 then redis.call('ZREM', index, KEYS[3]) end
+keep_index(index)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local cold = st.cold
+if used_cold then cold = redis.call('HINCRBY', KEYS[1], 'cold', 1) end
+local idle = tonumber(ARGV[9])
+redis.call('EXPIRE', KEYS[1], idle)
+redis.call('EXPIRE', life, idle)
+if state == 'provisional' then return {'OK', 'CONFIRMED', seq, cold} end
+return {'OK', 'NEW', seq, cold}
