@@ -101,7 +101,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a `badge-worker` subprocess use these settings."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        env[name.upper()] = str(value)
+        if value is None:
+            env.pop(name.upper(), None)
+        else:
+            env[name.upper()] = str(value)
     env["LOG_LEVEL"] = "INFO"
     return env
 
@@ -151,6 +154,11 @@ class WorkerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "badge_worker.cli", "run"],
                                      env=settings_env(self.settings), stdout=log, stderr=log)
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

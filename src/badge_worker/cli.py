@@ -1,4 +1,4 @@
-"""badge-worker run | badges load FILE... | dlq replay | demo"""
+"""badge-worker run | badges load FILE... | dlq replay | counters check|rebuild | demo"""
 
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ def load_badge_files(paths: list[Path]) -> list[BadgeDefinition]:
 
 
 async def store_badges(settings: Settings, badges: list[BadgeDefinition]) -> int:
-    """Upsert definitions (and create the indexes the worker needs)."""
+    """Upsert definitions (and create the indexes the worker needs). A definition already
+    stored is replaced but keeps the claims recorded by claim commands and its claimsVersion
+    (Repositories.upsert_badge); counters keep their counts unless a window shape changed
+    (docs/counters.md)."""
     client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_uri)  # type: ignore[type-arg]
     try:
         repos = Repositories(client[settings.mongodb_database])
@@ -45,6 +48,13 @@ async def load_badges(settings: Settings, paths: list[Path]) -> int:
     return await store_badges(settings, load_badge_files(paths))
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="badge-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,14 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     load = badges.add_parser("load", help="upsert definitions in the seed's Get-badge shape")
     load.add_argument("files", nargs="+", type=Path)
     dlq = sub.add_parser("dlq", help="dead-letter queue").add_subparsers(dest="action", required=True)
-    replay = dlq.add_parser("replay", help="re-publish DLQ records to their original topics")
-    replay.add_argument("--topic", help="only records that came from this input topic")
+    replay = dlq.add_parser("replay", help="re-publish DLQ records to their original topics, each at most once")
+    replay.add_argument("--topic", help="only records that came from this input topic (exact name)")
     replay.add_argument("--code", type=int, help="only records rejected with this error code")
-    replay.add_argument("--org", type=int, help="only records of this orgId")
-    replay.add_argument("--limit", type=int, help="replay at most this many")
+    replay.add_argument("--org", type=int, help="only records whose command has exactly this orgId")
+    replay.add_argument("--limit", type=_non_negative, help="replay at most this many; the rest stay replayable")
     replay.add_argument("--dry-run", action="store_true", help="list what would be replayed; change nothing")
+    counters = sub.add_parser("counters", help="limit counters in Redis against MongoDB (docs/counters.md)"
+                              ).add_subparsers(dest="action", required=True)
+    for action, text in (("check", "print where Redis's counts differ from MongoDB's; exit 1 if any do"),
+                         ("rebuild", "rebuild the counters from MongoDB now")):
+        counter_cmd = counters.add_parser(action, help=text)
+        counter_cmd.add_argument("--badge", help="only this badgeMetaId")
+        counter_cmd.add_argument("--org", type=int, help="only badges of this orgId")
     demo = sub.add_parser("demo", help="the main job: seed badges, sample commands, worker, outcome table")
-    demo.add_argument("--seeds", type=Path, default=None, help="seed pages folder (default ../shared/seeds)")
+    demo.add_argument("--seeds", type=Path, default=None, help="vendor API pages folder (default: packaged badges)")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -76,15 +93,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loaded {count} badge definition(s) into {settings.mongodb_database}.badges")
         return 0
     if args.command == "dlq":
-        from badge_worker.service.replay import ReplayFilter, replay_dlq
+        from badge_worker.service.replay import ReplayConflict, ReplayFilter, replay_dlq
 
-        report = asyncio.run(replay_dlq(settings, ReplayFilter(args.topic, args.code, args.org, args.limit),
-                                        dry_run=args.dry_run))
+        try:
+            report = asyncio.run(replay_dlq(settings, ReplayFilter(args.topic, args.code, args.org, args.limit),
+                                            dry_run=args.dry_run))
+        except ReplayConflict as exc:
+            print(f"dlq replay stopped: {exc}; run it again when the other run is done", file=sys.stderr)
+            return 1
         for item in report.items:
             print(json.dumps(item))
         verb = "would replay" if args.dry_run else "replayed"
-        print(f"scanned {report.scanned}, {verb} {report.replayed}, skipped {report.skipped}", file=sys.stderr)
+        print(f"scanned {report.scanned}, {verb} {report.replayed}, skipped {report.skipped} (replayable later), "
+              f"already replayed {report.already}, malformed {report.malformed}, pending {report.pending}",
+              file=sys.stderr)
         return 0
+    if args.command == "counters":
+        from badge_worker.service.counters import run_check, run_rebuild
+
+        run = run_check if args.action == "check" else run_rebuild
+        return asyncio.run(run(settings, args.badge, args.org))
     if args.command == "demo":
         from badge_worker.demo import run_demo
 

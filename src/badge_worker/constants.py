@@ -12,12 +12,39 @@ KEY_PREFIX = "bw"
 REQUEST_KEY = "{prefix}:req:{org}:{request_id}"
 REQUEST_TTL_SECONDS = 14 * 24 * 3600  # the MongoDB ledger is the truth beyond this
 
-# per badge: set once its counters were rebuilt from MongoDB; absent = rebuild first
-READY_KEY = "{prefix}:{{{org}:{badge}}}:ready"
-# one counter (string) or rolling-window set (zset) per limit window
+# Limit counters: every key of a badge shares the hash tag {org:badge}. Lifetimes, the
+# retention horizon and the repair of a lost or rolled-back Redis: docs/counters.md.
+# per badge, the "ready marker": hash {run, gen, seq, clock, cold}, written once its counters
+# were rebuilt from MongoDB; absent (or from another Redis run_id, or behind a seq this process
+# saw) = rebuild first. Expires after BADGE_IDLE_TTL_SECONDS without a reserve.
+READY_KEY = "{prefix}:{{{org}:{badge}}}:meta"
+# one fixed-window counter (string) or rolling-window set (zset) per window; expires with its window
 COUNTER_KEY = "{prefix}:{{{org}:{badge}}}:cnt:{counter}"
-# what one earn (by requestId) took: hash {state, keys, member}
+# lifetime caps: hash counter name -> count, kept (and expiring) with the ready marker
+LIFETIME_KEY = "{prefix}:{{{org}:{badge}}}:life"
+# what one earn (by requestId) took: hash {state, gen, keys, member}; RESERVATION_TTL_SECONDS
 RESERVATION_KEY = "{prefix}:{{{org}:{badge}}}:res:{request_id}"
+# tombstone of a released earn (no second release); RELEASED_TTL_SECONDS
+RELEASED_KEY = "{prefix}:{{{org}:{badge}}}:rel:{request_id}"
+# zset: every expiring key of the badge -> when it can no longer matter (counters' clock)
+EXPIRY_INDEX_KEY = "{prefix}:{{{org}:{badge}}}:exp"
+# locks (token values): one rebuilder per badge; one decider of windows past the horizon
+REBUILD_LOCK_KEY = "{prefix}:{{{org}:{badge}}}:lock:rebuild"
+COLD_LOCK_KEY = "{prefix}:{{{org}:{badge}}}:lock:cold"
+
+# A window is kept this long after it ends (a rolling entry: after the longest window holding
+# it ends). An earn dated further back than this before the counters' clock is checked
+# against MongoDB instead, under the cold lock (service/counters.py).
+COUNTER_RETENTION_SECONDS = 14 * 24 * 3600
+RESERVATION_TTL_SECONDS = 3600  # a retry (redelivery after a crash) comes well within this
+RELEASED_TTL_SECONDS = 2 * 24 * 3600  # a redelivered revokeEarn comes well within this
+BADGE_IDLE_TTL_SECONDS = 45 * 24 * 3600  # a badge unused this long is rebuilt on next use
+CLOCK_MAX_AHEAD_SECONDS = 0.0  # how far a caller's clock may run the counters' clock ahead of Redis's
+GC_BATCH = 32  # expired keys collected per reserve, at most
+REBUILD_CHUNK = 500  # entries per rebuild call, at most
+COUNTER_LOCK_TTL_MS = 30_000  # rebuild / cold locks; refreshed while held
+SEQ_GENERATION = 1_000_000_000  # a rebuild starts the badge's seq at the next multiple of this
+COUNTER_MARK_INTERVAL_SECONDS = 5.0  # a process writes a badge's seq watermark at most this often
 
 # MongoDB collections
 BADGES = "badges"
@@ -26,8 +53,11 @@ OUTCOMES = "outcomes"  # the first outcome of each ledger entry, under the entry
 ISSUES = "issues"
 EARNED = "earned_badges"
 INTENTS = "earn_intents"  # an earn about to take its limits (see adapters/mongo.py)
+REJECTIONS = "earn_rejections"  # an intent whose earn was refused (same _id as the intent)
+COUNTER_MARKS = "counter_marks"  # per badge (_id "org:badge"): the highest counter seq seen (watermark)
 SETTINGS = "settings"  # process-wide values shared by workers and operator tools
 REPLAY_KEY_ID = "replay-signing-key"
+DLQ_REPLAYS = "dlq_replays"  # one mark per DLQ record `dlq replay` re-published (service/replay.py)
 
 # Kafka headers written on outcomes, DLQ records and replays
 H_INPUT_TOPIC = "x-input-topic"
@@ -38,4 +68,5 @@ H_ERROR_MESSAGE = "x-error-message"
 H_ORIGINAL_TIMESTAMP = "x-original-timestamp"
 H_REPLAY_OF = "x-replay-of"  # "topic/partition/offset" of the original message
 H_REPLAY_SIGNATURE = "x-replay-signature"  # proof that `dlq replay` wrote the two above
+H_TRUNCATED = "x-truncated"  # an output cut to fit the topic: the original key/value sizes
 H_ERROR_TYPE = "x-error-type"  # DLQ: the exception class of a 500

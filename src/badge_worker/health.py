@@ -11,8 +11,9 @@ from badge_worker.metrics import REGISTRY
 
 
 class HealthServer:
-    def __init__(self, port: int, is_ready: Callable[[], bool], host: str = "0.0.0.0") -> None:
-        self.port, self.host, self.is_ready = port, host, is_ready
+    def __init__(self, port: int, is_ready: Callable[[], bool], is_alive: Callable[[], bool] = lambda: True,
+                 host: str = "0.0.0.0") -> None:
+        self.port, self.host, self.is_ready, self.is_alive = port, host, is_ready, is_alive
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -36,7 +37,9 @@ class HealthServer:
                 status = "200 OK" if ready else "503 Service Unavailable"
                 body, ctype = (b"ready\n" if ready else b"not ready\n"), "text/plain"
             elif path.startswith("/healthz"):
-                status, body, ctype = "200 OK", b"ok\n", "text/plain"
+                alive = self.is_alive()
+                status = "200 OK" if alive else "503 Service Unavailable"
+                body, ctype = (b"ok\n" if alive else b"consume loop stalled\n"), "text/plain"
             else:
                 status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

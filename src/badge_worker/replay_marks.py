@@ -13,6 +13,7 @@ The key is REPLAY_SIGNING_KEY when set; otherwise a random key created once in M
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -51,10 +52,8 @@ async def signing_key(db: AsyncDatabase[dict[str, Any]], configured: str | None)
     settings = db[K.SETTINGS]
     found = await settings.find_one({"_id": K.REPLAY_KEY_ID})
     if found is None:
-        try:
+        with contextlib.suppress(DuplicateKeyError):  # another process created it first
             await settings.insert_one({"_id": K.REPLAY_KEY_ID, "key": secrets.token_hex(32)})
-        except DuplicateKeyError:
-            pass
         found = await settings.find_one({"_id": K.REPLAY_KEY_ID})
     assert found is not None
     return str(found["key"]).encode()

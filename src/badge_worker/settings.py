@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     redis_key_prefix: str = "bw"
     topic_partitions: int = 8  # used when the worker creates missing topics
+    output_max_message_bytes: int = 2_097_152  # max.message.bytes of the output topics it creates
     batch_max_records: int = 2000
     fetch_timeout_ms: int = 200
     fetch_max_wait_ms: int = 50  # broker-side wait for new records: the floor of the latency
@@ -41,6 +42,17 @@ class Settings(BaseSettings):
     http_port: int = 8080  # /healthz /readyz /metrics; 0 disables
     log_level: str = "INFO"
     transaction_timeout_ms: int = 60_000
+    # group membership: a stable GROUP_INSTANCE_ID (e.g. the pod name of a StatefulSet) makes
+    # membership static, so a restarted worker gets its partitions back at once
+    group_instance_id: str | None = None
+    session_timeout_ms: int = 15_000
+    rebalance_timeout_ms: int = 30_000  # the revoke callback returns within REVOKE_TIMEOUT_S, far below
+    heartbeat_interval_ms: int = 3_000
+    kafka_call_timeout_s: float = 30.0  # bound on one producer/consumer call
+    revoke_timeout_s: float = 5.0  # bound on cancelling the work of revoked partitions
+    batch_timeout_s: float = 120.0  # one partition batch; past it the batch is rewound and retried
+    shutdown_grace_s: float = 20.0  # SIGTERM: the batch in hand may finish within this
+    liveness_timeout_s: float = 120.0  # /healthz fails when the consume loop stalls this long
     replay_signing_key: str | None = None  # else a random key kept in MongoDB (replay_marks.py)
 
     def output_topics(self) -> list[str]:

@@ -77,10 +77,23 @@ async def test_sigkill_mid_stream_then_restart_gives_exactly_one_outcome_each(
 
 
 async def test_redis_flushall_mid_stream_never_exceeds_a_limit(
-        topics: Settings, mongo: Repositories, redis_client: Redis) -> None:
+        topics: Settings, mongo: Repositories, tmp_path: Path) -> None:
     """Lifetime 400, rolling 150 a day, one a day per customer: 200 customers try twice a
-    day on three days. Whatever the order, exactly 400 earns fit; FLUSHALL in the middle."""
-    s = topics
+    day on three days. Whatever the order, exactly 400 earns fit; FLUSHALL in the middle
+    (of a Redis of this test's own, so that no other test loses its data)."""
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    s = topics.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    redis_client = Redis.from_url(s.redis_url)
+    try:
+        await _flushall_mid_stream(s, mongo, redis_client)
+    finally:
+        await redis_client.aclose()
+        server.terminate()
+        server.wait(10)
+
+
+async def _flushall_mid_stream(s: Settings, mongo: Repositories, redis_client: Redis) -> None:
     base = time.time() - 10 * DAY
     await load(mongo, live_badge(
         "flush-b", startOn=base - DAY,

@@ -12,6 +12,7 @@ import uuid
 from bson import ObjectId
 
 from badge_worker import constants as K
+from badge_worker import replay_marks
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.client import Collector, Publisher
 from badge_worker.service.replay import ReplayFilter, replay_dlq
@@ -155,46 +156,89 @@ async def test_poison_message_goes_to_the_dlq_and_replay_brings_it_back(
         assert (report.replayed, report.skipped) == (1, 1)
         replayed = await collector.wait_for_new(1, 60)
         assert replayed[0].code == 200 and replayed[0].body["requestId"] == "p1"  # the same message, not 809
-        # a second replay run finds nothing new: the replay group committed its offsets
+        # the 400 left out by the filter was not passed over: the next run replays it, and only it
         again = await replay_dlq(s, ReplayFilter(), progress=lambda _: None)
-        assert again.scanned == 0
-        # the replayed record, delivered once more, gets its first outcome again
+        assert again.replayed == 1 and [i["code"] for i in again.items] == ["400"]
+        (first_400,) = await collector.wait_for_new(1, 60)
+        assert first_400.code == 400 and first_400.body == seen[coords[3]].body  # its first outcome again
+        # not JSON, it failed again: a new DLQ copy naming the first delivery. Any replay group
+        # replays only that copy: each DLQ record is replayed at most once
         report = await replay_dlq(s, ReplayFilter(), group=f"{s.consumer_group}.other", progress=lambda _: None)
-        assert report.replayed == 2
-        more = await collector.wait_for_new(2, 60)
-        by_code = sorted(o.code for o in more)
-        assert by_code == [200, 400]
+        assert (report.replayed, report.already) == (1, 2)
+        assert report.items[-1]["origin"] == f"{coords[3][0]}/{coords[3][1]}/{coords[3][2]}"
+        more = await collector.wait_for_new(1, 60)
+        assert [o.code for o in more] == [400]
         earned = await mongo.earned.find({"requestId": "p1"}).to_list()
         assert len(earned) == 1
-        assert {o.body["data"]["earnedBadgeId"] for o in [*replayed, *more] if o.code == 200} == {str(earned[0]["_id"])}
+        assert replayed[0].body["data"]["earnedBadgeId"] == str(earned[0]["_id"])
 
-    # the CLI lists the DLQ too
+    # the CLI lists the DLQ too: with a new replay group, only the copy not replayed yet
     cli = subprocess.run([sys.executable, "-m", "badge_worker.cli", "dlq", "replay", "--dry-run"],
                          env={**settings_env(s), "CONSUMER_GROUP": f"cli-{uuid.uuid4().hex[:6]}"},
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
-    # g1's poison copies: the 500 (replayed since) and the 400, plus the 400's replay that failed again
-    assert "would replay 3" in cli.stderr
+    # the 500 and the 400 (replayed), the 400's first copy (replayed) and its second copy
+    assert "would replay 1," in cli.stderr and "already replayed 3" in cli.stderr
     listed = [json.loads(line) for line in cli.stdout.splitlines()]
-    assert sorted(i["code"] for i in listed) == ["400", "400", "500"]
+    assert [(i["action"], i["code"]) for i in listed] == [("would replay", "400")]
 
 
 async def test_redelivery_gets_the_first_outcome_and_reuse_gets_809(topics: Settings, mongo: Repositories) -> None:
     s = topics
     await load(mongo, live_badge("b"))
     body = {"orgId": ORG, "requestId": "same", "badgeMetaId": "b", "customerId": 1}
+    value = json.dumps(body).encode()
     async with running_worker(s), Collector(s) as collector, Publisher(s) as pub:
         first = await pub.send(s.topic_earns, body)
         original = (await collector.wait_for([first], 60))[first]
-        # the same message delivered again (as a DLQ replay marks it)
         replay_of = f"{first[0]}/{first[1]}/{first[2]}"
-        await pub.producer.send_and_wait(s.topic_earns, json.dumps(body).encode(), key=b"1",
-                                         headers=[(K.H_REPLAY_OF, replay_of.encode())])
+        original_ts = str(int(original.received_at * 1000))
+        # a producer's own claim to be that message, unsigned: a new message reusing the requestId
+        await pub.producer.send_and_wait(s.topic_earns, value, key=b"1",
+                                         headers=[(K.H_REPLAY_OF, replay_of.encode()),
+                                                  (K.H_ORIGINAL_TIMESTAMP, original_ts.encode())])
+        forged = await collector.wait_for_new(1, 60)
+        # the same message delivered again, marked as `dlq replay` marks it
+        secret = await replay_marks.signing_key(mongo.db, s.replay_signing_key)
+        signature = replay_marks.sign(secret, replay_of, original_ts, b"1", value)
+        await pub.producer.send_and_wait(s.topic_earns, value, key=b"1",
+                                         headers=[(K.H_REPLAY_OF, replay_of.encode()),
+                                                  (K.H_ORIGINAL_TIMESTAMP, original_ts.encode()),
+                                                  (K.H_REPLAY_SIGNATURE, signature.encode())])
         redelivered = await collector.wait_for_new(1, 60)
         # a new message that reuses the requestId
         reuse = await pub.send(s.topic_earns, {**body, "customerId": 2})
         reused = (await collector.wait_for([reuse], 60))[reuse]
     assert original.code == 200
+    assert forged[0].code == 809
     assert redelivered[0].body == original.body
     assert reused.code == 809
     assert await mongo.earned.count_documents({"requestId": "same"}) == 1
+
+
+async def test_a_record_at_the_input_size_limit_gets_its_outcome_and_a_whole_dlq_copy(
+        topics: Settings, mongo: Repositories) -> None:
+    """The broker takes inputs up to ~1 MB; the DLQ copy adds headers to that. The output
+    topics the worker creates take 2 MB, so the copy keeps every byte and nothing stalls."""
+    from aiokafka import AIOKafkaConsumer
+
+    s = topics
+    value = b"x" * 1_048_400  # not JSON; just under the broker's default message.max.bytes
+    async with running_worker(s), Collector(s) as collector, Publisher(s) as pub:
+        pub.producer._max_request_size = 2_000_000  # the test producer's own client-side cap
+        big = await pub.send(s.topic_earns, value, raw=True)
+        after = await pub.send(s.topic_earns, {"orgId": ORG, "requestId": "after", "badgeMetaId": "none",
+                                               "customerId": 1})
+        seen = await collector.wait_for([big, after], 90)
+    assert seen[big].code == 400 and seen[after].code == 404
+    dlq = AIOKafkaConsumer(s.topic_dlq, bootstrap_servers=s.kafka_bootstrap_servers, auto_offset_reset="earliest",
+                           isolation_level="read_committed", group_id=None, fetch_max_bytes=4_000_000,
+                           max_partition_fetch_bytes=4_000_000)
+    await dlq.start()
+    try:
+        got = await dlq.getmany(timeout_ms=10_000)
+    finally:
+        await dlq.stop()
+    copies = [r for records in got.values() for r in records]
+    assert [len(r.value or b"") for r in copies] == [len(value)]
+    assert dict(copies[0].headers)[K.H_INPUT_OFFSET] == str(big[2]).encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -13,6 +14,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from badge_worker import constants as K
 from badge_worker.domain.commands import Stream
+from badge_worker.domain.outcomes import clip
 from badge_worker.service.messages import InputRecord, Result
 from badge_worker.settings import Settings
 
@@ -25,7 +27,13 @@ async def ensure_topics(settings: Settings, partitions: int | None = None) -> No
     try:
         existing = set(await admin.list_topics())
         wanted = [*settings.input_topics(), *settings.output_topics()]
-        missing = [NewTopic(t, partitions or settings.topic_partitions, 1) for t in wanted if t not in existing]
+        # Outputs may carry a little more than an input (a DLQ copy adds headers to a value up
+        # to the broker's 1 MB default): their topics take OUTPUT_MAX_MESSAGE_BYTES.
+        outputs = set(settings.output_topics())
+        missing = [NewTopic(t, partitions or settings.topic_partitions, 1,
+                            topic_configs={"max.message.bytes": str(settings.output_max_message_bytes)}
+                            if t in outputs else None)
+                   for t in wanted if t not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
@@ -64,8 +72,10 @@ def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         max_poll_records=settings.batch_max_records,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         max_poll_interval_ms=300_000,
-        session_timeout_ms=15_000,
-        heartbeat_interval_ms=3_000,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        rebalance_timeout_ms=settings.rebalance_timeout_ms,
+        group_instance_id=settings.group_instance_id,
     )
     options.update(overrides)
     return AIOKafkaConsumer(**options)
@@ -79,6 +89,7 @@ def make_transactional_producer(settings: Settings, transactional_id: str) -> AI
         acks="all",
         linger_ms=5,
         transaction_timeout_ms=settings.transaction_timeout_ms,
+        max_request_size=settings.output_max_message_bytes,
         client_id=f"{settings.worker_id}-{transactional_id}",
     )
 
@@ -89,29 +100,128 @@ def partition_transactional_id(settings: Settings, topic: str, partition: int) -
     return f"{settings.consumer_group}.{topic}.{partition}"
 
 
-def to_input(record: ConsumerRecord[bytes, bytes], settings: Settings) -> InputRecord:
+def to_input(record: ConsumerRecord[bytes, bytes], settings: Settings,
+             replay_secret: bytes | None = None) -> InputRecord:
+    """The worker's view of a consumed record. Replay headers count only if they are signed
+    with `replay_secret` (replay_marks.signing_key); without it they are ignored."""
     stream = Stream.CLAIMS if record.topic == settings.topic_claims else Stream.EARNS
-    headers = tuple((k, v or b"") for k, v in (record.headers or ()))
+    headers = tuple((str(k), bytes(v or b"")) for k, v in (record.headers or ()))
     return InputRecord(record.topic, record.partition, record.offset, record.key, record.value,
-                       headers, record.timestamp, stream)
+                       headers, record.timestamp, stream, replay_secret=replay_secret)
+
+
+MAX_ERROR_HEADER = 1024  # characters of x-error-message / x-error-type
+MAX_OUTCOME_BYTES = 512 * 1024  # an outcome bigger than this is cut down (well below Kafka's 1 MB)
+
+
+def _text_header(text: str, limit: int = MAX_ERROR_HEADER) -> bytes:
+    """Header text, bounded, as UTF-8 whatever it holds (a lone surrogate becomes U+FFFD)."""
+    return _clean_text(clip(text, limit)).encode("utf-8")
 
 
 def outcome_headers(record: InputRecord) -> Headers:
-    return [(K.H_INPUT_TOPIC, record.topic.encode()), (K.H_INPUT_PARTITION, str(record.partition).encode()),
+    return [(K.H_INPUT_TOPIC, _text_header(record.topic, 512)),
+            (K.H_INPUT_PARTITION, str(record.partition).encode()),
             (K.H_INPUT_OFFSET, str(record.offset).encode())]
 
 
+# Headers the DLQ copy writes itself; a producer's own values of them are not kept.
+_DLQ_OWN_HEADERS = frozenset({K.H_INPUT_TOPIC, K.H_INPUT_PARTITION, K.H_INPUT_OFFSET, K.H_ERROR_CODE,
+                              K.H_ERROR_MESSAGE, K.H_ERROR_TYPE, K.H_ORIGINAL_TIMESTAMP, K.H_REPLAY_OF,
+                              K.H_REPLAY_SIGNATURE})
+
+
 def dlq_headers(result: Result) -> Headers:
+    """The input's own headers, then where it came from and why it failed.
+
+    x-replay-of is written only for a replay whose mark verified, so a forged one never
+    reaches `dlq replay`; x-original-timestamp is the first delivery's time (an integer)."""
     record = result.record
-    kept = [(k, v) for k, v in record.headers
-            if k not in (K.H_INPUT_TOPIC, K.H_INPUT_PARTITION, K.H_INPUT_OFFSET, K.H_ERROR_CODE,
-                         K.H_ERROR_MESSAGE, K.H_ORIGINAL_TIMESTAMP)]
-    error = (result.outcome.get("errors") or [{}])[0]
-    original_ts = record.header(K.H_ORIGINAL_TIMESTAMP) or str(record.timestamp_ms)
-    return [*kept, *outcome_headers(record), (K.H_ERROR_CODE, str(error.get("code", "")).encode()),
-            (K.H_ERROR_MESSAGE, str(error.get("message", "")).encode()),
-            (K.H_ORIGINAL_TIMESTAMP, original_ts.encode())]
+    # header names go out as UTF-8: one that cannot (a lone surrogate) is kept with U+FFFD
+    kept = [(_clean_text(k), v) for k, v in record.headers if k not in _DLQ_OWN_HEADERS]
+    errors = result.outcome.get("errors") or [{}]
+    error = errors[0] if isinstance(errors[0], dict) else {}
+    message = result.error_reason or str(error.get("message", ""))
+    headers = [*kept, *outcome_headers(record),
+               (K.H_ERROR_CODE, _text_header(str(error.get("code", "")), 16)),
+               (K.H_ERROR_MESSAGE, _text_header(message))]
+    if result.error_type:
+        headers.append((K.H_ERROR_TYPE, _text_header(result.error_type, 256)))
+    headers.append((K.H_ORIGINAL_TIMESTAMP, str(max(0, record.original_timestamp_ms)).encode()))  # -1: none
+    if record.replay_mark is not None:
+        headers.append((K.H_REPLAY_OF, _text_header(record.replay_mark.origin)))
+    return headers
 
 
 def encode(outcome: dict[str, Any]) -> bytes:
-    return json.dumps(outcome, separators=(",", ":"), ensure_ascii=False).encode()
+    """An outcome as UTF-8 JSON; never raises, and never more than about MAX_OUTCOME_BYTES.
+
+    Lone surrogates (from JSON escapes in the input) become U+FFFD, non-finite numbers null,
+    unknown types their str(). An outcome too big to publish is cut (long strings with a
+    marker, long lists) and says so in its warnings."""
+    too_big = False
+    try:
+        data = _dumps(outcome)
+        if len(data) <= MAX_OUTCOME_BYTES:
+            return data
+        too_big = True
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+        pass
+    cleaned = _clean(outcome, depth=0)
+    if not isinstance(cleaned, dict):
+        cleaned = {"data": cleaned}
+    if too_big:
+        warnings = cleaned.get("warnings")
+        cleaned["warnings"] = [*(warnings[:10] if isinstance(warnings, list) else []), _CUT]
+    data = _dumps(cleaned)
+    if len(data) <= MAX_OUTCOME_BYTES:
+        return data
+    # Still too big (a huge list, say): keep the envelope and the error, drop the data.
+    errors = cleaned.get("errors")
+    small = {k: cleaned.get(k) for k in ("type", "orgId", "requestId")}
+    small.update(data=None, errors=[_clean(errors[0], 2, items=4)] if isinstance(errors, list) and errors else [],
+                 warnings=[_CUT])
+    return _dumps(small)
+
+
+_CUT = "the outcome was too large to publish and was cut"
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # a broken __str__ must not stop an outcome
+        return f"<{type(value).__name__}>"
+
+
+def _clean_text(text: str) -> str:
+    """`text` as UTF-8 can hold it: surrogate pairs joined, lone surrogates replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _clean(value: Any, depth: int, items: int = 1000) -> Any:
+    """A JSON-safe copy of `value`: bounded strings, lists, dicts and depth."""
+    if isinstance(value, str):
+        return _clean_text(clip(value))
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() < 64 else f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth >= 16:
+        return "…"
+    if isinstance(value, dict):
+        return {_clean_text(clip(_str(k), 256)): _clean(v, depth + 1, items)
+                for k, v in list(value.items())[:items]}
+    if isinstance(value, list | tuple):
+        return [_clean(v, depth + 1, items) for v in list(value)[:items]]
+    return _clean_text(clip(_str(value)))

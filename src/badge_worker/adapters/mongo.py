@@ -8,6 +8,7 @@ badge, outcome); updates, by `_id`, are left to rejections, revokes and claims.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from bson import ObjectId
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from badge_worker import constants as K
-from badge_worker.adapters.mongo_batch import WriteBatcher
-from badge_worker.adapters.redis_store import HeldEarn
+from badge_worker.adapters.mongo_batch import WriteBatcher, is_transient_write_error
+from badge_worker.adapters.redis_store import CounterRef, HeldEarn
 from badge_worker.domain.models import BadgeDefinition, Claim
 from badge_worker.domain.rules import EarnedRecord, EarnStatus, IssueRecord
 
@@ -33,12 +34,29 @@ def badge_key(badge_id: str) -> Any:
     return ObjectId(badge_id) if ObjectId.is_valid(badge_id) else badge_id
 
 
-def _limits(doc: Doc) -> list[tuple[str, str]]:
-    return [(x["kind"], x["counter"]) for x in doc.get("limits", [])]
+def counter_refs(doc: Doc) -> list[CounterRef]:
+    return [CounterRef.from_doc(x, doc["eventDate"]) for x in doc.get("limits", [])]
 
 
 def as_object_id(value: str) -> ObjectId | None:
     return ObjectId(value) if ObjectId.is_valid(value) else None
+
+
+def _claim_pair(claim: Doc) -> tuple[str, str]:
+    return str(claim.get("ownerType", "")).upper(), str(claim.get("referenceId"))
+
+
+def merge_claims(stored: list[Doc], loaded: list[Doc]) -> list[Doc]:
+    """The stored claims, then the loaded ones whose (ownerType, referenceId) is not stored
+    (see `Repositories.upsert_badge`)."""
+    merged = list(stored)
+    seen = {_claim_pair(c) for c in stored}
+    for claim in loaded:
+        pair = _claim_pair(claim)
+        if pair not in seen:
+            seen.add(pair)
+            merged.append(claim)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class Repositories:
         self.earned = db[K.EARNED]
         self.outcomes = db[K.OUTCOMES]
         self.intents = db[K.INTENTS]
+        self.rejections = db[K.REJECTIONS]
         self.writes = WriteBatcher()
 
     async def ensure_indexes(self) -> None:
@@ -76,6 +95,7 @@ class Repositories:
                 IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("status", ASCENDING)],
                            name="org_badge_status"),
             ],
+            self.rejections: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING)], name="org_badge")],
             self.badges: [IndexModel([("orgId", ASCENDING), ("badgeGroupId", ASCENDING)], name="org_group")],
         }
         # Only the missing ones, one per call: FerretDB 1.24 drops the connection (a panic) when
@@ -89,9 +109,57 @@ class Repositories:
 
     # ---- badge definitions
     async def upsert_badge(self, badge: BadgeDefinition) -> None:
+        """Store a definition (`badges load`): insert it, or replace the stored one but keep
+        the claims that claim commands recorded.
+
+        Claims rule: the result's `ownership.claims` are the stored claims, as stored and in
+        their order (for an (ownerType, referenceId) pair the worker has recorded, active or
+        not, the stored claim wins over the file's), followed by the file's claims whose pair
+        is not stored (pairs compared as in `set_claim`: ownerType case-insensitively,
+        referenceId as a string; the first of duplicates in the file wins). So a load never
+        drops or reactivates a claim; only `unclaim` commands deactivate one.
+
+        `claimsVersion` is kept, and moved on only when the load added claims. The replace is
+        a compare-and-set on it (by `_id`, like `set_claim`): a claim recorded between our read
+        and our write makes the write match nothing, and we merge again. No document yet: an
+        insert (a duplicate key means another loader won; merge with its document).
+        """
         doc = badge.to_document()
-        doc["_id"] = badge_key(badge.id)
-        await self.badges.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        key = badge_key(badge.id)
+        doc["_id"] = key
+        file_claims: list[Doc] = list((doc.get("ownership") or {}).get("claims") or [])
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                stored = await self.badges.find_one({"_id": key}, {"ownership": 1, "claimsVersion": 1})
+                if stored is None:
+                    async with self.writes.lock:
+                        await self.badges.insert_one(doc)
+                    return
+                stored_claims: list[Doc] = list((stored.get("ownership") or {}).get("claims") or [])
+                merged = merge_claims(stored_claims, file_claims)
+                new = {**doc, "ownership": {**(doc.get("ownership") or {}), "claims": merged}}
+                if "claimsVersion" in stored:
+                    version = stored["claimsVersion"]
+                    flt: Doc = {"_id": key, "claimsVersion": version}
+                    new["claimsVersion"] = version + 1 if len(merged) != len(stored_claims) else version
+                else:
+                    flt = {"_id": key, "claimsVersion": {"$exists": False}}
+                    if len(merged) != len(stored_claims):
+                        new["claimsVersion"] = 1
+                async with self.writes.lock:
+                    result = await self.badges.replace_one(flt, new)
+                if result.matched_count == 1:
+                    return
+            except DuplicateKeyError:
+                if attempt >= 20:  # pragma: no cover - a duplicate we cannot then read
+                    raise
+                # inserted by another loader meanwhile: merge with it
+            except OperationFailure as exc:
+                if not is_transient_write_error(str(exc)) or attempt >= 20:
+                    raise
+                await asyncio.sleep(min(1.0, 0.05 * attempt))  # FerretDB's SQLite is busy
 
     async def get_badge(self, org: int, badge_id: str) -> BadgeDefinition | None:
         doc = await self.badges.find_one({"_id": badge_key(badge_id), "orgId": org})
@@ -190,20 +258,28 @@ class Repositories:
         return [str(d["_id"]) async for d in self.issues.find({"orgId": org, "revokedBy": request_id}, {"_id": 1})]
 
     # ---- earned badges
-    # An earn first writes an intent (PENDING, with the limits it is about to take), then takes
-    # the limits in Redis, then writes the earned badge, ACTIVE, under the intent's ObjectId.
-    # Both are inserts (batched); only a rejection updates the intent. A rebuild counts the
-    # ACTIVE earned badges as held and the unresolved intents as provisional.
+    # An earn with limits first writes an intent (PENDING, with the limits it is about to
+    # take), then takes the limits in Redis, then writes the earned badge, ACTIVE, under the
+    # intent's ObjectId. A refused earn inserts a rejection marker for its intent. All three
+    # are inserts, batched (an update costs FerretDB ~10 ms where a batched insert costs
+    # well under 1 ms). A rebuild counts the ACTIVE earned badges as held and the intents with
+    # neither an earned badge nor a rejection marker as provisional.
     async def insert_intent(self, org: int, request_id: str, doc: Doc) -> Doc:
         """The earn's intent, idempotent per requestId."""
         return await self._insert_once(self.intents, {"orgId": org, "requestId": request_id,
                                                       "status": EarnStatus.PENDING, **doc})
 
-    async def reject_intent(self, intent_id: Any) -> None:
-        await self.writes.update(self.intents, {"_id": intent_id}, {"$set": {"status": EarnStatus.REJECTED}})
+    async def reject_intent(self, intent: Doc) -> None:
+        """Mark the intent refused (idempotent: the marker's _id is the intent's)."""
+        with contextlib.suppress(DuplicateKeyError):
+            await self.writes.insert(self.rejections, {"_id": intent["_id"], "orgId": intent["orgId"],
+                                                       "badgeMetaId": intent["badgeMetaId"],
+                                                       "requestId": intent["requestId"], "at": time.time()})
 
     async def reopen_intent(self, intent_id: Any) -> None:
-        await self.writes.update(self.intents, {"_id": intent_id}, {"$set": {"status": EarnStatus.PENDING}})
+        """A redelivered earn is decided again: its intent counts as pending until then."""
+        async with self.writes.lock:
+            await self.rejections.delete_one({"_id": intent_id})
 
     async def insert_earned(self, org: int, request_id: str, doc: Doc) -> Doc:
         """The earned badge (ACTIVE), idempotent per requestId."""
@@ -227,22 +303,98 @@ class Repositories:
                                  {"$set": {"status": EarnStatus.REVOKED, "revokedBy": by_request,
                                            "revokedAt": time.time()}})
 
-    async def held_earns(self, org: int, badge_id: str) -> list[HeldEarn]:
+    async def held_earns(self, org: int, badge_id: str, *, revoked_since: float | None = None) -> list[HeldEarn]:
         """Every earn that counts towards the badge's limits: ACTIVE earned badges (held), and
-        intents neither rejected nor turned into an earned badge yet (provisional)."""
+        intents neither rejected nor turned into an earned badge yet (provisional); with
+        `revoked_since`, also the earns revoked since then (revoked_at set; not counted)."""
         resolved: set[str] = set()
         held: list[HeldEarn] = []
         async for d in self.earned.find({"orgId": org, "badgeMetaId": badge_id},
-                                        {"requestId": 1, "eventDate": 1, "limits": 1, "status": 1}):
+                                        {"requestId": 1, "eventDate": 1, "limits": 1, "status": 1, "earnedOn": 1,
+                                         "revokedAt": 1}):
             resolved.add(d["requestId"])
             if d["status"] == EarnStatus.ACTIVE:
-                held.append(HeldEarn(d["requestId"], d["eventDate"], _limits(d), confirmed=True))
-        async for d in self.intents.find({"orgId": org, "badgeMetaId": badge_id, "status": EarnStatus.PENDING},
-                                         {"requestId": 1, "eventDate": 1, "limits": 1}):
+                held.append(HeldEarn(d["requestId"], d["eventDate"], counter_refs(d), confirmed=True,
+                                     earned_on=d.get("earnedOn")))
+            elif (d["status"] == EarnStatus.REVOKED and revoked_since is not None
+                  and float(d.get("revokedAt") or 0.0) >= revoked_since):
+                held.append(HeldEarn(d["requestId"], d["eventDate"], counter_refs(d), confirmed=True,
+                                     earned_on=d.get("earnedOn"), revoked_at=float(d.get("revokedAt") or 0.0)))
+        async for d in self.rejections.find({"orgId": org, "badgeMetaId": badge_id}, {"requestId": 1}):
+            resolved.add(d["requestId"])
+        async for d in self.intents.find({"orgId": org, "badgeMetaId": badge_id},
+                                         {"requestId": 1, "eventDate": 1, "limits": 1, "earnedOn": 1}):
             if d["requestId"] not in resolved:
-                held.append(HeldEarn(d["requestId"], d["eventDate"], _limits(d), confirmed=False))
+                held.append(HeldEarn(d["requestId"], d["eventDate"], counter_refs(d), confirmed=False,
+                                     earned_on=d.get("earnedOn")))
         return held
 
     async def ping(self) -> bool:
         await self.db.command("ping")
         return True
+
+    # ---- counter watermarks (service/counters.py): per badge, the highest counter seq seen
+    async def counter_mark(self, org: int, badge_id: str) -> int:
+        """The badge's watermark (0 if none): a process reads it once per badge, on first use."""
+        doc = await self.db[K.COUNTER_MARKS].find_one({"_id": f"{org}:{badge_id}"})
+        return int(doc.get("seq") or 0) if doc is not None else 0
+
+    async def raise_counter_mark(self, org: int, badge_id: str, seq: int) -> None:
+        """Raise the watermark to `seq` (never lowers it): one update by _id."""
+        async with self.writes.lock:
+            await self.db[K.COUNTER_MARKS].update_one({"_id": f"{org}:{badge_id}"},
+                                                     {"$max": {"seq": int(seq)}, "$set": {"at": time.time()}},
+                                                     upsert=True)
+
+    async def earned_limits(self, org: int, request_id: str) -> list[CounterRef] | None:
+        """The counters a revoked earned badge took (None: no such revoked earn)."""
+        doc = await self.earned.find_one({"orgId": org, "requestId": request_id},
+                                         {"status": 1, "limits": 1, "eventDate": 1})
+        if doc is None or doc.get("status") != EarnStatus.REVOKED:
+            return None
+        return counter_refs(doc)
+
+    async def badge_ids(self, org: int | None = None) -> list[tuple[int, str]]:
+        """(orgId, badge id) of every stored badge definition (of one org)."""
+        found = self.badges.find({} if org is None else {"orgId": org}, {"orgId": 1, "id": 1})
+        return sorted([(int(d["orgId"]), str(d.get("id") or d["_id"])) async for d in found])
+
+
+class DlqReplayMarks:
+    """`dlq_replays`: one document per DLQ record that `dlq replay` re-published, `_id` =
+    "dlqtopic/partition/offset", `state` PENDING (written inside the Kafka transaction that
+    re-publishes it, with the replay's own coordinates in `target`) then DONE once that
+    transaction committed. See service/replay.py for how a PENDING mark is settled."""
+
+    PENDING = "PENDING"
+    DONE = "DONE"
+
+    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+        self.marks = db[K.DLQ_REPLAYS]
+        self.writes = WriteBatcher()
+
+    async def find(self, ids: Sequence[str]) -> dict[str, Doc]:
+        if not ids:
+            return {}
+        return {d["_id"]: d async for d in self.marks.find({"_id": {"$in": list(ids)}})}
+
+    async def insert_pending(self, docs: Sequence[Doc]) -> None:
+        """Insert PENDING marks (batched); DuplicateKeyError if any record is marked already."""
+        now = time.time()
+        results = await asyncio.gather(*(self.writes.insert(self.marks, {**d, "state": self.PENDING,
+                                                                         "createdAt": now}) for d in docs),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def mark_done(self, ids: Sequence[str]) -> None:
+        await asyncio.gather(*(self.writes.update(self.marks, {"_id": i},
+                                                  {"$set": {"state": self.DONE, "doneAt": time.time()}})
+                               for i in ids))
+
+    async def forget(self, mark_id: str) -> None:
+        """Drop a PENDING mark whose transaction never committed: the record was not replayed."""
+        async with self.writes.lock:
+            await self.marks.delete_one({"_id": mark_id, "state": self.PENDING})
+

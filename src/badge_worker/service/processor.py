@@ -17,17 +17,17 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from badge_worker.adapters.mongo import Repositories
-from badge_worker.adapters.redis_store import NeedsRebuild, RedisStore
+from badge_worker.adapters.mongo import Repositories, counter_refs
+from badge_worker.adapters.redis_store import CounterRef, NeedsRebuild, RedisStore, limit_docs
 from badge_worker.domain import rules
 from badge_worker.domain.commands import Command, CommandType, Undecodable, decode
 from badge_worker.domain.errors import ErrorCode, Rejection, reject
 from badge_worker.domain.models import BadgeDefinition, Claim
 from badge_worker.domain.outcomes import envelope
-from badge_worker.domain.rules import EarnStatus, LimitUsage
+from badge_worker.domain.rules import LimitUsage
 from badge_worker.domain.timeutil import iso
-from badge_worker.domain.windows import CheckKind
 from badge_worker.errors import is_infra_error
+from badge_worker.service import counters
 from badge_worker.service.messages import InputRecord, Result
 
 log = structlog.get_logger("badge_worker.processor")
@@ -84,14 +84,18 @@ class Processor:
                     results[i] = await self._handle_with_retries(records[i], decoded[i])
 
         tasks = [asyncio.create_task(run_group(ix)) for ix in groups.values()]
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        failed = next((t for t in done if t.exception() is not None), None)
-        if failed is not None:
-            # Stop the rest of the batch before it is retried: nothing of it is committed.
-            for task in pending:
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:  # cancelled (a revoke, a shutdown past its grace): stop every group with us
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            raise failed.exception()  # type: ignore[misc]
+        # Stop the rest of the batch before it is retried (nothing of it is committed), and
+        # read every task's exception: an outage fails many at once.
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        failure = next((o for o in outcomes if isinstance(o, BaseException)
+                        and not isinstance(o, asyncio.CancelledError)), None)
+        if failure is not None:
+            raise failure
         return [r for r in results if r is not None]
 
     async def _handle_with_retries(self, record: InputRecord, item: Command | Undecodable) -> Result:
@@ -101,19 +105,22 @@ class Processor:
             topic=record.topic, partition=record.partition, offset=record.offset,
             orgId=org, requestId=request_id,
         ):
+            last: Exception = RuntimeError("max_attempts is 0")
             for attempt in range(1, self.max_attempts + 1):
                 try:
                     return await self.handle(record, item)
                 except Exception as exc:
                     if is_infra_error(exc):
                         raise
+                    last = exc
                     log.warning("message_failed", attempt=attempt, error=type(exc).__name__, reason=str(exc)[:300])
                     if attempt < self.max_attempts:
                         await asyncio.sleep(0.05 * attempt)
             log.error("message_gave_up", attempts=self.max_attempts)
             kind = item.type.value if isinstance(item, Command) else item.type
             rejection = reject(ErrorCode.PROCESSING_FAILED, f"failed {self.max_attempts} times")
-            return Result(record, envelope(kind, org, request_id, None, rejection), to_dlq=True)
+            return Result(record, envelope(kind, org, request_id, None, rejection), to_dlq=True,
+                          error_type=type(last).__name__, error_reason=str(last)[:1000])
 
     # ------------------------------------------------------------------ one message
     async def handle(self, record: InputRecord, item: Command | Undecodable) -> Result:
@@ -213,38 +220,53 @@ class Processor:
                     await self._abandon_earn(cmd, intent)
             return plan
         assert badge is not None
-        intent = await self.repos.insert_intent(cmd.orgId, cmd.requestId, {
+        body = {
             "_id": ObjectId(), "customerId": cmd.customerId, "badgeMetaId": cmd.badgeMetaId,
             "badgeGroupId": badge.badgeGroupId, "eventDate": plan.event_ts, "earnedOn": now,
             "expiresOn": plan.expires_on, "issuedId": plan.issued_id, "triggeredBy": _owner_doc(cmd),
             # objects, not pairs: FerretDB does not store nested arrays
-            "limits": [{"kind": "z" if c.kind is CheckKind.ROLLING else "c", "counter": c.counter}
-                       for c in plan.checks],
-        })
-        if plan.checks:
-            if intent["status"] == EarnStatus.REJECTED:  # rejected before a crash: decide again
+            # each counter once, with when it stops mattering (docs/counters.md)
+            "limits": limit_docs(plan.checks),
+        }
+        if plan.checks:  # an earn with no limit takes nothing: no intent needed
+            intent = await self.repos.insert_intent(cmd.orgId, cmd.requestId, body)
+            body = {k: v for k, v in intent.items() if k not in ("orgId", "requestId", "status")}
+            if resuming:  # perhaps rejected before a crash: decide again
                 await self.repos.reopen_intent(intent["_id"])
             result = await self._reserve(cmd, plan)
             if result.status == "FULL":
-                await self._abandon_earn(cmd, intent)
+                # Nothing is held: reserve.lua gave back a provisional hold itself. Releasing
+                # here could give back a hold a newer owner of this partition has just taken.
+                await self.repos.reject_intent(intent)
                 check = plan.checks[result.index]
                 return rules.limit_rejection(check, LimitUsage(result.count, result.blocking_event))
-        earned = {k: v for k, v in intent.items() if k not in ("orgId", "requestId", "status")}
-        doc = await self.repos.insert_earned(cmd.orgId, cmd.requestId, earned)
+        doc = await self.repos.insert_earned(cmd.orgId, cmd.requestId, body)
         return self._earn_data(cmd, doc)
 
     async def _reserve(self, cmd: Command, plan: rules.EarnPlan) -> Any:
+        """Check and take the earn's limits in Redis (reserve.lua). Rebuild the badge's counters
+        from MongoDB first when Redis does not hold trusted ones; decide checks whose window
+        is past the retention horizon from MongoDB (docs/counters.md)."""
         assert cmd.requestId is not None
-        for _ in range(3):
+        org, badge = cmd.orgId, cmd.badgeMetaId
+        await counters.know_badge(self.store, self.repos, org, badge)
+        for _ in range(5):
             try:
-                return await self.store.reserve(cmd.orgId, cmd.badgeMetaId, cmd.requestId, plan.event_ts,
-                                                plan.checks)
-            except NeedsRebuild:
-                await self.rebuild(cmd.orgId, cmd.badgeMetaId)
+                result = await self.store.reserve(org, badge, cmd.requestId, plan.event_ts, plan.checks)
+                if result.status == "STALE":
+                    result = await counters.reserve_cold(self.store, self.repos, org, badge, cmd.requestId,
+                                                         plan.event_ts, plan.checks, result)
+            except NeedsRebuild as exc:
+                log.info("counters_need_rebuild", orgId=org, badgeMetaId=badge, why=exc.why)
+                await self.rebuild(org, badge)
+                continue
+            await counters.mark_badge(self.store, self.repos, org, badge)
+            return result
         raise RuntimeError("badge counters could not be rebuilt")
 
     async def rebuild(self, org: int, badge_id: str) -> None:
-        """Rebuild a badge's counters from MongoDB; concurrent callers share one rebuild."""
+        """Rebuild a badge's counters from MongoDB (when Redis does not hold trusted ones);
+        concurrent callers of this process share one rebuild, other processes wait for it."""
         key = (org, badge_id)
         running = self._rebuilds.get(key)
         if running is None:
@@ -254,23 +276,42 @@ class Processor:
         await asyncio.shield(running)
 
     async def _rebuild(self, org: int, badge_id: str) -> None:
-        held = await self.repos.held_earns(org, badge_id)
-        applied = await self.store.rebuild(org, badge_id, held)
-        log.info("counters_rebuilt", orgId=org, badgeMetaId=badge_id, earns=len(held), applied=applied)
+        result = await counters.rebuild_badge(self.store, self.repos, org, badge_id)
+        log.info("counters_rebuilt", orgId=org, badgeMetaId=badge_id, applied=result.applied, earns=result.earns,
+                 chunks=result.chunks, generation=result.generation)
 
     async def _abandon_earn(self, cmd: Command, intent: Doc) -> None:
-        await self.repos.reject_intent(intent["_id"])
-        # Only holds something if a rebuild restored this PENDING earn provisionally.
-        await self._release(cmd.orgId, cmd.badgeMetaId, intent["requestId"])
+        await self.repos.reject_intent(intent)
+        # Holds something only if a rebuild restored this PENDING earn provisionally, or it was
+        # taken before a crash and is now rejected: its reservation says what.
+        await self._release(cmd.orgId, cmd.badgeMetaId, intent["requestId"], stored=False)
 
-    async def _release(self, org: int, badge_id: str, earn_request_id: str) -> None:
-        """Give back an earn's counts once MongoDB no longer counts it (REJECTED/REVOKED).
+    async def _release(self, org: int, badge_id: str, earn_request_id: str, *, stored: bool = True,
+                       limits: Sequence[CounterRef] | None = None) -> None:
+        """Give back an earn's counts once MongoDB no longer counts it (REJECTED/REVOKED), once.
 
-        If the counters are gone, rebuild them (the rebuild leaves this earn out) and release
-        again: another worker's rebuild from an older snapshot may still have restored it."""
-        if await self.store.release(org, badge_id, earn_request_id) == "REBUILD":
-            await self.rebuild(org, badge_id)
-            await self.store.release(org, badge_id, earn_request_id)
+        Its reservation says what it took; when that has expired (a revokeEarn long after the
+        earn) and `stored`, the earned badge's stored `limits` do (counts still live only). If
+        the counters are gone, rebuild them (the rebuild leaves this earn out and marks it
+        released) and release again: another worker's rebuild from an older snapshot may still
+        have counted it."""
+        await counters.know_badge(self.store, self.repos, org, badge_id)
+        given = limits
+        limits = None
+        for _ in range(5):
+            try:
+                outcome = await self.store.release(org, badge_id, earn_request_id, limits)
+            except NeedsRebuild:
+                await self.rebuild(org, badge_id)
+                continue
+            if outcome == "NONE" and stored and limits is None:
+                # the earned badge's stored counters, read here only if the caller had none
+                limits = given if given is not None else await self.repos.earned_limits(org, earn_request_id)
+                if limits:
+                    continue
+            await counters.mark_badge(self.store, self.repos, org, badge_id)
+            return
+        raise RuntimeError("badge counters could not be rebuilt")
 
     @staticmethod
     def _earn_data(cmd: Command, doc: Doc) -> Doc:
@@ -310,7 +351,7 @@ class Processor:
             await self.repos.revoke_earned(doc["_id"], cmd.requestId)
         assert doc is not None
         # Marked REVOKED first, so a rebuild that runs now already leaves it out.
-        await self._release(cmd.orgId, cmd.badgeMetaId, doc["requestId"])
+        await self._release(cmd.orgId, cmd.badgeMetaId, doc["requestId"], limits=counter_refs(doc))
         return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
                 "earnedBadgeId": str(doc["_id"]), "requestId": cmd.requestId}
 

@@ -1,72 +1,83 @@
-"""The consume loop: fetch a batch, process partitions concurrently, and commit each
-partition's outcomes and input offsets in one Kafka transaction.
+"""The consume loop: fetch a batch, process its partitions concurrently, and commit each
+partition's outcomes and input offsets in one Kafka transaction (service/commit.py).
 
 Exactly once: outcomes become visible to read_committed subscribers only together with the
 offsets of the inputs that produced them. A worker killed mid-batch leaves an open
 transaction that the partition's next owner aborts (same transactional id), and the inputs
 are processed again; their effects are idempotent and their outcomes are the same.
+Partition ownership, fencing and revokes are in service/ownership.py.
+
+Every wait has a bound: Kafka calls (`Bounds`), the revoke callback (cancels the work in
+flight), and shutdown (`SHUTDOWN_GRACE_S`: the batch in hand is cancelled past it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
 from pymongo import AsyncMongoClient
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from badge_worker import replay_marks
 from badge_worker.adapters import kafka_io
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.errors import is_infra_error
 from badge_worker.health import HealthServer
 from badge_worker.metrics import BATCH_RECORDS, BATCH_SECONDS, DLQ, INFRA_RETRIES, LAG, OUTCOMES, READY
-from badge_worker.service.messages import InputRecord, Result
+from badge_worker.service.commit import commit_batch
+from badge_worker.service.messages import InputRecord
+from badge_worker.service.ownership import Bounds, NotOwned, Ownership, Partition, bounded
 from badge_worker.service.processor import Processor
 from badge_worker.settings import Settings, redact
 
 log = structlog.get_logger("badge_worker.worker")
 
+FENCED_ERRORS = (ProducerFenced, InvalidProducerEpoch)
+
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, ownership: Ownership) -> None:
+        self.ownership = ownership
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.worker.partitions_revoked(list(revoked))
+        await self.ownership.revoke(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.worker.partitions_assigned(list(assigned))
+        self.ownership.assign(list(assigned))
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, hard_exit: bool = False) -> None:
         self.settings = settings
+        self.hard_exit = hard_exit  # a process of its own: exit even if closing is stuck
         self.stopping = asyncio.Event()
-        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
-        self._producer_locks: dict[TopicPartition, asyncio.Lock] = {}
-        self.backoff: dict[TopicPartition, tuple[float, float]] = {}  # tp -> (resume at, last delay)
+        self.bounds = Bounds(kafka_call=settings.kafka_call_timeout_s, revoke=settings.revoke_timeout_s)
+        self.ownership = Ownership(settings, self.bounds)
         self.ready = False
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.consumer: AIOKafkaConsumer | None = None
         self.mongo: AsyncMongoClient | None = None  # type: ignore[type-arg]
         self.redis: Redis | None = None
         self.processor: Processor | None = None
         self.repos: Repositories | None = None
+        self.replay_secret: bytes | None = None
+        self.last_poll = time.monotonic()  # liveness: the consume loop goes round
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
         s = self.settings
         log.info("connecting", kafka=s.kafka_bootstrap_servers, redis=redact(s.redis_url),
-                 mongodb=redact(s.mongodb_uri), database=s.mongodb_database, group=s.consumer_group)
+                 mongodb=redact(s.mongodb_uri), database=s.mongodb_database, group=s.consumer_group,
+                 group_instance_id=s.group_instance_id)
         # socketTimeoutMS: a request the server never answers becomes a retryable NetworkTimeout
         self.mongo = AsyncMongoClient(s.mongodb_uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=30_000,
                                       tz_aware=False)
@@ -81,21 +92,28 @@ class Worker:
         delay = s.backoff_initial_s
         while not self.stopping.is_set():
             try:
-                await self.repos.ensure_indexes()
-                await store.ping()
-                await kafka_io.ensure_topics(s)
+                await asyncio.wait_for(self._prepare(store), 60)
                 return
             except Exception as exc:
                 if not is_infra_error(exc) and not isinstance(exc, KafkaError):
                     raise
-                log.warning("dependencies_unavailable", error=type(exc).__name__, retry_in=delay)
+                log.warning("dependencies_unavailable", error=type(exc).__name__, reason=str(exc)[:200],
+                            retry_in=delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, s.backoff_max_s)
 
+    async def _prepare(self, store: RedisStore) -> None:
+        assert self.repos is not None
+        await self.repos.ensure_indexes()
+        await store.ping()
+        await kafka_io.ensure_topics(self.settings)
+        self.replay_secret = await replay_marks.signing_key(self.repos.db, self.settings.replay_signing_key)
+
     async def run(self) -> None:
         """Run until stop() (SIGTERM/SIGINT): finish the batch in hand, commit, close."""
-        health = HealthServer(self.settings.http_port, lambda: self.ready) if self.settings.http_port else None
+        health = (HealthServer(self.settings.http_port, lambda: self.ready, self.is_alive)
+                  if self.settings.http_port else None)
         if health:
             await health.start()
         try:
@@ -103,34 +121,65 @@ class Worker:
             if self.stopping.is_set():
                 return
             self.consumer = kafka_io.make_consumer(self.settings)
-            self.consumer.subscribe(self.settings.input_topics(), listener=_Rebalance(self))
-            await self.consumer.start()
+            self.ownership.consumer = self.consumer
+            self.consumer.subscribe(self.settings.input_topics(), listener=_Rebalance(self.ownership))
+            await bounded(self.consumer.start(), self.bounds.kafka_call * 2, "consumer start")
             log.info("worker_started", topics=self.settings.input_topics())
             self.ready = True
             READY.set(1)
             while not self.stopping.is_set():
+                self.last_poll = time.monotonic()
                 await self._poll_once()
         finally:
             self.ready = False
             READY.set(0)
             await self._close(health)
 
+    def is_alive(self) -> bool:
+        """False when the consume loop has not gone round for a long time (a stuck worker)."""
+        return time.monotonic() - self.last_poll < self.settings.liveness_timeout_s
+
     async def _close(self, health: HealthServer | None) -> None:
+        async def quietly(what: str, awaitable: Any, seconds: float = 10.0) -> None:
+            try:
+                await asyncio.wait_for(awaitable, seconds)
+            except BaseException as exc:  # closing: nothing left to protect
+                log.warning("close_failed", what=what, error=type(exc).__name__)
+
         if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
-        for tp in list(self.producers):
-            await self._drop_producer(tp)
+            await quietly("consumer", self.consumer.stop())
+        await quietly("producers", self.ownership.close(), self.bounds.producer_stop + 10)
         if self.redis is not None:
-            await self.redis.aclose()
+            await quietly("redis", self.redis.aclose())
         if self.mongo is not None:
-            await self.mongo.close()
+            await quietly("mongodb", self.mongo.close())
         if health:
-            await health.stop()
+            await quietly("health", health.stop())
         log.info("worker_stopped")
 
     def stop(self) -> None:
+        if self.stopping.is_set():
+            return
         self.stopping.set()
+        log.info("worker_stopping", grace_s=self.settings.shutdown_grace_s)
+        # Past the grace period the batch in hand is cancelled: nothing of it is committed,
+        # and the next owner processes it again.
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.settings.shutdown_grace_s, self._cancel_batches)
+        if self.hard_exit:
+            loop.call_later(self.settings.shutdown_grace_s + 15, self._exit_now)
+
+    def _exit_now(self) -> None:
+        """The last resort, if closing itself hangs: exiting is safe (nothing uncommitted is lost)."""
+        log.error("shutdown_stuck", after_s=self.settings.shutdown_grace_s + 15)
+        dump_tasks()
+        os._exit(70)
+
+    def _cancel_batches(self) -> None:
+        for part in list(self.ownership.partitions.values()):
+            if part.batch is not None and not part.batch.done():
+                log.warning("shutdown_grace_exceeded", topic=part.tp.topic, partition=part.tp.partition)
+                part.batch.cancel()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -138,94 +187,99 @@ class Worker:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # operators: where is it waiting?
 
-
-    # ------------------------------------------------------------------ rebalance
-    async def partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        for tp in assigned:
-            await self._producer_for(tp)
-        log.info("partitions_assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned])
-
-    async def _producer_for(self, tp: TopicPartition) -> AIOKafkaProducer:
-        # The rebalance callback and the first batch of a partition may both ask at once;
-        # two producers with one transactional id would fence each other.
-        async with self._producer_locks.setdefault(tp, asyncio.Lock()):
-            return self.producers.get(tp) or await self._start_producer(tp)
-
-    async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
-        producer = kafka_io.make_transactional_producer(
-            self.settings, kafka_io.partition_transactional_id(self.settings, tp.topic, tp.partition))
-        delay = self.settings.backoff_initial_s
-        while True:
-            try:
-                await producer.start()  # init_transactions: fences the previous owner
-                break
-            except KafkaError as exc:
-                log.warning("producer_start_failed", topic=tp.topic, partition=tp.partition,
-                            error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.backoff_max_s)
-        self.producers[tp] = producer
-        return producer
-
-    async def partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Let the batch in hand finish and commit (it still owns its partitions); if it
-        # cannot within the limit, its transactions are fenced by the next owner anyway.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=30)
-        for tp in revoked:
-            self.backoff.pop(tp, None)
-            await self._drop_producer(tp)
-        log.info("partitions_revoked", partitions=[f"{tp.topic}/{tp.partition}" for tp in revoked])
-
-    async def _drop_producer(self, tp: TopicPartition) -> None:
-        producer = self.producers.pop(tp, None)
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-
     # ------------------------------------------------------------------ batches
     async def _poll_once(self) -> None:
         assert self.consumer is not None
         now = time.monotonic()
-        for tp, (resume_at, _) in list(self.backoff.items()):
-            if resume_at <= now and tp in self.consumer.assignment():
-                self.consumer.resume(tp)
-        batch = await self.consumer.getmany(timeout_ms=self.settings.fetch_timeout_ms,
-                                            max_records=self.settings.batch_max_records)
-        if not batch:
-            return
-        self._idle.clear()
+        assignment = self.consumer.assignment()
+        for part in list(self.ownership.partitions.values()):
+            if part.resume_at and part.resume_at <= now and not part.fenced and part.tp in assignment:
+                part.resume_at = 0.0
+                self.consumer.resume(part.tp)
         try:
-            await asyncio.gather(*(self._process_partition(tp, records) for tp, records in batch.items()))
-        finally:
-            self._idle.set()
-        self.ready = not self.backoff
+            batch = await bounded(self.consumer.getmany(timeout_ms=self.settings.fetch_timeout_ms,
+                                                        max_records=self.settings.batch_max_records),
+                                  self.bounds.kafka_call, "fetch")
+        except Exception as exc:
+            if is_infra_error(exc) or isinstance(exc, KafkaError):
+                log.warning("fetch_failed", error=type(exc).__name__, reason=str(exc)[:200])
+                await asyncio.sleep(self.settings.backoff_initial_s)
+            else:  # the client could not even parse a record (e.g. a header name that is not UTF-8)
+                await self._isolate_unreadable(exc)
+            return
+        tasks: list[asyncio.Task[None]] = []
+        for tp, raw in batch.items():
+            owned = self.ownership.get(tp)
+            if owned is None or owned.fenced or owned.retired or not raw:
+                continue  # revoked while fetched: the next owner has these records
+            part = owned
+            part.batch = asyncio.create_task(self._process_partition(part, raw), name=f"batch {part.name}")
+            tasks.append(part.batch)
+        if tasks:
+            await asyncio.wait(tasks)
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
+                    log.error("batch_task_failed", error=repr(task.exception()))
+        self.ready = not any(p.resume_at or p.fenced or p.unreadable for p in self.ownership.partitions.values())
         READY.set(1 if self.ready else 0)
 
-    async def _process_partition(self, tp: TopicPartition, raw: list) -> None:  # type: ignore[type-arg]
+    async def _isolate_unreadable(self, exc: Exception) -> None:
+        """Find the partition whose records the Kafka client cannot parse and park it (paused,
+        /readyz 503, an error log naming it) so that the others go on. Skipping the record
+        needs an operator: it cannot be read, so it cannot be given an outcome here."""
+        assert self.consumer is not None
+        paused = self.consumer.paused()
+        for tp in sorted(self.consumer.assignment() - paused):
+            part = self.ownership.get(tp)
+            try:
+                probe = await bounded(self.consumer.getmany(tp, timeout_ms=200, max_records=1),
+                                      self.bounds.kafka_call, "fetch")
+            except Exception as probe_exc:
+                if is_infra_error(probe_exc) or isinstance(probe_exc, KafkaError):
+                    return
+                self.consumer.pause(tp)
+                if part is not None:
+                    part.unreadable = True
+                log.error("unreadable_record", topic=tp.topic, partition=tp.partition,
+                          position=await self.consumer.position(tp), error=type(exc).__name__,
+                          reason=str(exc)[:300])
+                continue
+            for records in probe.values():  # read ahead while probing: read them again later
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+
+    async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
         assert self.consumer is not None and self.processor is not None and self.repos is not None
-        records = [kafka_io.to_input(r, self.settings) for r in raw]
-        if tp not in self.consumer.assignment():  # revoked while fetched: the next owner has them
-            return
-        producer = await self._producer_for(tp)
+        records = [kafka_io.to_input(r, self.settings, replay_secret=self.replay_secret) for r in raw]
         started = time.perf_counter()
         try:
-            results = await self.processor.process_batch(records)
+            producer = await self.ownership.ready(part)
+            records = self._from_committed(part, records)
+            if not records:
+                return
+            # bounded: a batch that cannot finish is retried, never left to hold the loop
+            results = await bounded(self.processor.process_batch(records), self.settings.batch_timeout_s,
+                                    "partition batch")
             # 500s are not stored: a DLQ replay of them is meant to run them again
             await self.repos.ledger_store_outcomes(
                 (r.ledger, r.outcome) for r in results if r.ledger is not None and not r.replayed and r.code != 500)
-            await self._commit(tp, producer, records, results)
-        except Exception as exc:
-            if not (is_infra_error(exc) or isinstance(exc, KafkaError)):
-                raise
-            if isinstance(exc, KafkaError):  # fenced, or in an unknown state: start afresh
-                await self._drop_producer(tp)
-            if isinstance(exc, ProducerFenced):
-                log.warning("fenced", topic=tp.topic, partition=tp.partition)
-            if tp in self.consumer.assignment():  # still ours: nothing was committed, try again
-                self._back_off(tp, records[0].offset, exc)
+            await commit_batch(producer, self.settings, part.tp, records, results, self.bounds)
+        except asyncio.CancelledError:
+            raise  # revoked, or shutdown past its grace: nothing was committed
+        except NotOwned:
             return
-        self.backoff.pop(tp, None)
+        except Exception as exc:
+            if isinstance(exc, FENCED_ERRORS):
+                self.ownership.fence(part)
+                return
+            if isinstance(exc, KafkaError | TimeoutError | IllegalOperation):
+                await self.ownership.reset_producer(part)  # its transaction state is unknown
+            if not is_infra_error(exc) and not isinstance(exc, KafkaError | IllegalOperation):
+                log.error("batch_failed", topic=part.tp.topic, partition=part.tp.partition, exc_info=exc)
+            self._back_off(part, records[0].offset if records else None, exc)
+            return
+        part.delay = 0.0
+        part.start_offset = records[-1].offset + 1
         elapsed = time.perf_counter() - started
         BATCH_SECONDS.observe(elapsed)
         BATCH_RECORDS.observe(len(records))
@@ -233,46 +287,43 @@ class Worker:
             OUTCOMES.labels(r.record.topic, str(r.code)).inc()
             if r.to_dlq:
                 DLQ.labels(r.record.topic).inc()
-        highwater = self.consumer.highwater(tp)
+        highwater = self.consumer.highwater(part.tp)
         if highwater is not None:
-            LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - (records[-1].offset + 1)))
-        log.debug("batch_committed", topic=tp.topic, partition=tp.partition, records=len(records),
+            LAG.labels(part.tp.topic, str(part.tp.partition)).set(max(0, highwater - (records[-1].offset + 1)))
+        log.debug("batch_committed", topic=part.tp.topic, partition=part.tp.partition, records=len(records),
                   seconds=round(elapsed, 4))
 
-    async def _commit(self, tp: TopicPartition, producer: AIOKafkaProducer, records: list[InputRecord],
-                      results: list[Result]) -> None:
-        s = self.settings
-        async with producer.transaction():
-            for r in results:
-                key = r.record.key
-                headers = kafka_io.outcome_headers(r.record)
-                topic = s.topic_results if r.ok else s.topic_errors
-                await producer.send(topic, kafka_io.encode(r.outcome), key=key, headers=headers)
-                if r.to_dlq:
-                    await producer.send(s.topic_dlq, r.record.value, key=key, headers=kafka_io.dlq_headers(r))
-                    log.warning("sent_to_dlq", topic=r.record.topic, partition=r.record.partition,
-                                offset=r.record.offset, code=r.code, orgId=r.outcome.get("orgId"),
-                                requestId=r.outcome.get("requestId"))
-            await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, s.consumer_group)
+    def _from_committed(self, part: Partition, records: list[InputRecord]) -> list[InputRecord]:
+        """Drop what is below the committed offset read after fencing the previous owner: it
+        committed those while we were joining. (Above it, gaps are normal: transaction
+        markers take offsets too.)"""
+        start = part.start_offset
+        if start is None or records[0].offset >= start:
+            return records
+        kept = [r for r in records if r.offset >= start]
+        log.info("skipped_committed", topic=part.tp.topic, partition=part.tp.partition,
+                 records=len(records) - len(kept), committed=start)
+        return kept
 
-    def _back_off(self, tp: TopicPartition, first_offset: int, exc: BaseException) -> None:
+    def _back_off(self, part: Partition, first_offset: int | None, exc: BaseException) -> None:
         """Nothing was committed: rewind the partition, pause it, and try again later."""
         assert self.consumer is not None
-        _, last = self.backoff.get(tp, (0.0, 0.0))
-        delay = min(max(self.settings.backoff_initial_s, last * 2), self.settings.backoff_max_s)
-        self.backoff[tp] = (time.monotonic() + delay, delay)
+        delay = min(max(self.settings.backoff_initial_s, part.delay * 2), self.settings.backoff_max_s)
+        part.delay = delay
+        part.resume_at = time.monotonic() + delay
         self.ready = False
         READY.set(0)
         INFRA_RETRIES.inc()
-        if tp in self.consumer.assignment():
-            self.consumer.seek(tp, first_offset)
-            self.consumer.pause(tp)
-        log.warning("infrastructure_unavailable", topic=tp.topic, partition=tp.partition,
+        if part.tp in self.consumer.assignment() and not part.retired:
+            if first_offset is not None:
+                self.consumer.seek(part.tp, first_offset)
+            self.consumer.pause(part.tp)
+        log.warning("infrastructure_unavailable", topic=part.tp.topic, partition=part.tp.partition,
                     error=type(exc).__name__, reason=str(exc)[:200], retry_in=delay)
 
 
 async def run_worker(settings: Settings) -> None:
-    worker = Worker(settings)
+    worker = Worker(settings, hard_exit=True)
     worker.install_signal_handlers()
     await worker.run()
 

@@ -1,0 +1,69 @@
+"""Publish a partition batch: its outcomes, DLQ copies and input offsets in ONE Kafka
+transaction, every step bounded so that a stuck broker call becomes an outage, not a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from badge_worker import constants as K
+from badge_worker.adapters import kafka_io
+from badge_worker.service.messages import InputRecord, Result
+from badge_worker.service.ownership import Bounds, bounded
+from badge_worker.settings import Settings
+
+log = structlog.get_logger("badge_worker.commit")
+
+
+RECORD_OVERHEAD = 512  # bytes of record framing counted against the size limit, generously
+
+
+def fit_record(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], limit: int
+               ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """A record that fits in `limit` bytes, whatever the input was: an oversized key or value
+    is cut, and `x-truncated` says what it was (a record too large to publish would otherwise
+    stop the partition for good). Only a producer abusing the 1 MB input limit gets here."""
+    size = (len(key or b"") + len(value or b"") + RECORD_OVERHEAD
+            + sum(len(k.encode()) + len(v) + 16 for k, v in headers))
+    if size <= limit:
+        return key, value, headers
+    note = f"key={len(key or b'')},value={len(value or b'')}".encode()
+    room = max(0, limit - RECORD_OVERHEAD - 64 - sum(len(k.encode()) + len(v) + 16 for k, v in headers))
+    if key is not None and len(key) > 1024:
+        key = key[:1024]
+    if value is not None:
+        value = value[: max(0, room - len(key or b""))]
+    return key, value, [*headers, (K.H_TRUNCATED, note)]
+
+
+async def commit_batch(producer: AIOKafkaProducer, settings: Settings, tp: TopicPartition,
+                       records: list[InputRecord], results: list[Result], bounds: Bounds) -> None:
+    await bounded(producer.begin_transaction(), bounds.kafka_call, "begin transaction")
+    try:
+        for r in results:
+            key = r.record.key
+            topic = settings.topic_results if r.ok else settings.topic_errors
+            limit = settings.output_max_message_bytes
+            out_key, value, headers = fit_record(key, kafka_io.encode(r.outcome), kafka_io.outcome_headers(r.record),
+                                                 limit)
+            await bounded(producer.send(topic, value, key=out_key, headers=headers),
+                          bounds.kafka_call, "send outcome")
+            if r.to_dlq:
+                out_key, value, headers = fit_record(key, r.record.value, kafka_io.dlq_headers(r), limit)
+                await bounded(producer.send(settings.topic_dlq, value, key=out_key, headers=headers),
+                              bounds.kafka_call, "send to DLQ")
+                log.warning("sent_to_dlq", topic=r.record.topic, partition=r.record.partition,
+                            offset=r.record.offset, code=r.code, orgId=r.outcome.get("orgId"),
+                            requestId=r.outcome.get("requestId"))
+        await bounded(producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, settings.consumer_group),
+                      bounds.kafka_call, "send offsets")
+        await bounded(producer.commit_transaction(), bounds.kafka_call, "commit transaction")
+    except BaseException:
+        # Fenced, timed out or cancelled: end the transaction if the producer still can; the
+        # caller starts a new producer anyway, which aborts whatever is left open.
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(producer.abort_transaction(), bounds.kafka_call / 3)
+        raise
