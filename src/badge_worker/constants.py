@@ -11,6 +11,8 @@ KEY_PREFIX = "bw"
 # requestId -> origin ("topic/partition/offset") of the first message that used it
 REQUEST_KEY = "{prefix}:req:{org}:{request_id}"
 REQUEST_TTL_SECONDS = 14 * 24 * 3600  # the MongoDB ledger is the truth beyond this
+# the outcome of that first message, for a while (adapters/request_cache.py)
+OUTCOME_KEY = "{prefix}:out:{org}:{request_id}"
 
 # Limit counters: every key of a badge shares the hash tag {org:badge}. Lifetimes, the
 # retention horizon and the repair of a lost or rolled-back Redis: docs/counters.md.

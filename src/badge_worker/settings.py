@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
     badge_cache_ttl_s: float = 2.0
+    outcome_cache_ttl_s: float = 600.0  # Redis keeps each outcome this long, for redeliveries; 0 = off
     http_port: int = 8080  # /healthz /readyz /metrics; 0 disables
     log_level: str = "INFO"
     transaction_timeout_ms: int = 60_000

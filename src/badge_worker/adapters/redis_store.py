@@ -1,4 +1,4 @@
-"""Redis: requestId dedupe cache and the atomic limit counters (Lua scripts in lua/).
+"""Redis: the atomic limit counters (Lua scripts in lua/); the requestId cache is request_cache.py.
 
 Keys, their lifetimes, the retention horizon and how a lost or rolled-back Redis is detected
 and repaired are described in docs/counters.md ("Counter state: lifetimes and repair").
@@ -238,9 +238,6 @@ class RedisStore:
     def cold_lock_key(self, org: int, badge: str) -> str:
         return self._key(K.COLD_LOCK_KEY, org, badge)
 
-    def request_key(self, org: int, request_id: str) -> str:
-        return K.REQUEST_KEY.format(prefix=self.prefix, org=org, request_id=request_id)
-
     # ---- what this process has seen
     def memory(self, org: int, badge: str) -> _BadgeMemory:
         mem = self._memory.get((org, badge))
@@ -262,19 +259,6 @@ class RedisStore:
             mem.marked, mem.marked_at = mem.floor, now
             return mem.floor
         return None
-
-    # ---- requestId dedupe (a cache in front of the MongoDB ledger)
-    async def claim_request(self, org: int, request_id: str, origin: str) -> str | None:
-        """Record `origin` as the first user of requestId; return the origin already recorded, if other."""
-        key = self.request_key(org, request_id)
-        if await self.client.set(key, origin, nx=True, ex=K.REQUEST_TTL_SECONDS):
-            return None
-        existing = await self.client.get(key)
-        if existing is None:  # expired in between: take it now
-            await self.client.set(key, origin, ex=K.REQUEST_TTL_SECONDS)
-            return None
-        text = existing.decode() if isinstance(existing, bytes) else str(existing)
-        return None if text == origin else text
 
     # ---- limits
     def _reserve_call(self, org: int, badge: str, request_id: str, event_ts: float, checks: Sequence[LimitCheck],

@@ -19,6 +19,7 @@ from bson import ObjectId
 
 from badge_worker.adapters.mongo import Repositories, counter_refs
 from badge_worker.adapters.redis_store import CounterRef, NeedsRebuild, RedisStore, limit_docs
+from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.domain import rules
 from badge_worker.domain.commands import Command, CommandType, Undecodable, decode
 from badge_worker.domain.errors import ErrorCode, Rejection, reject
@@ -59,9 +60,11 @@ class BadgeCache:
 
 
 class Processor:
-    def __init__(self, repos: Repositories, store: RedisStore, *, badge_cache_ttl: float = 2.0,
+    def __init__(self, repos: Repositories, store: RedisStore, requests: RequestCache | None = None, *,
+                 badge_cache_ttl: float = 2.0,
                  concurrency: int = 128, max_attempts: int = 3) -> None:
         self.repos, self.store = repos, store
+        self.requests = requests or RequestCache(store.client, store.prefix)
         self.badges = BadgeCache(repos, badge_cache_ttl)
         self.max_attempts = max_attempts
         self._slots = asyncio.Semaphore(concurrency)
@@ -132,9 +135,11 @@ class Processor:
         resuming = False
         ledger_id = None
         if cmd.requestId is not None:
-            earlier = await self.store.claim_request(cmd.orgId, cmd.requestId, origin)
-            if earlier is not None:
-                return self._reused(record, cmd, earlier)
+            claim = await self.requests.claim(cmd.orgId, cmd.requestId, origin)
+            if claim.first_origin is not None:
+                return self._reused(record, cmd, claim.first_origin)
+            if claim.outcome is not None:  # redelivered after its outcome was decided: no MongoDB read
+                return Result(record, claim.outcome, replayed=True)
             entry = await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value)
             if not entry.new:
                 if entry.origin != origin:

@@ -31,6 +31,7 @@ from badge_worker import replay_marks
 from badge_worker.adapters import kafka_io
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
+from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.errors import is_infra_error
 from badge_worker.health import HealthServer
 from badge_worker.metrics import BATCH_RECORDS, BATCH_SECONDS, DLQ, INFRA_RETRIES, LAG, OUTCOMES, READY
@@ -70,6 +71,7 @@ class Worker:
         self.processor: Processor | None = None
         self.repos: Repositories | None = None
         self.replay_secret: bytes | None = None
+        self.requests: RequestCache | None = None
         self.last_poll = time.monotonic()  # liveness: the consume loop goes round
 
     # ------------------------------------------------------------------ lifecycle
@@ -87,7 +89,8 @@ class Worker:
                                                socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
         self.redis = Redis(connection_pool=pool)
         store = RedisStore(self.redis, prefix=s.redis_key_prefix)
-        self.processor = Processor(self.repos, store, badge_cache_ttl=s.badge_cache_ttl_s,
+        self.requests = RequestCache(self.redis, s.redis_key_prefix, s.outcome_cache_ttl_s)
+        self.processor = Processor(self.repos, store, self.requests, badge_cache_ttl=s.badge_cache_ttl_s,
                                    concurrency=s.concurrency, max_attempts=s.max_attempts)
         delay = s.backoff_initial_s
         while not self.stopping.is_set():
@@ -250,6 +253,7 @@ class Worker:
 
     async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
         assert self.consumer is not None and self.processor is not None and self.repos is not None
+        assert self.requests is not None
         records = [kafka_io.to_input(r, self.settings, replay_secret=self.replay_secret) for r in raw]
         started = time.perf_counter()
         try:
@@ -261,8 +265,9 @@ class Worker:
             results = await bounded(self.processor.process_batch(records), self.settings.batch_timeout_s,
                                     "partition batch")
             # 500s are not stored: a DLQ replay of them is meant to run them again
-            await self.repos.ledger_store_outcomes(
-                (r.ledger, r.outcome) for r in results if r.ledger is not None and not r.replayed and r.code != 500)
+            decided = [r for r in results if r.ledger is not None and not r.replayed and r.code != 500]
+            await self.requests.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in decided)
+            await self.repos.ledger_store_outcomes((r.ledger, r.outcome) for r in decided)
             await commit_batch(producer, self.settings, part.tp, records, results, self.bounds)
         except asyncio.CancelledError:
             raise  # revoked, or shutdown past its grace: nothing was committed

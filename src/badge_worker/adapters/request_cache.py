@@ -1,0 +1,68 @@
+"""Redis in front of the MongoDB requestId ledger: who used each requestId first, and the
+outcome it got, so that a redelivered message is answered without reading MongoDB.
+
+- `{prefix}:req:{org}:{requestId}` = origin ("topic/partition/offset") of the first message,
+  kept REQUEST_TTL_SECONDS (the ledger is the truth beyond that);
+- `{prefix}:out:{org}:{requestId}` = that message's outcome (JSON), kept OUTCOME_CACHE_TTL_S:
+  long enough for the redeliveries of a crash or a rebalance, short enough to stay small.
+
+Both are a cache: a miss sends the caller to the ledger, never to a different answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from badge_worker import constants as K
+
+
+@dataclass(frozen=True)
+class RequestClaim:
+    first_origin: str | None  # None: this message is the first to use the requestId (per the cache)
+    outcome: dict[str, Any] | None  # the first message's outcome, when cached
+
+
+class RequestCache:
+    def __init__(self, client: Redis, prefix: str = K.KEY_PREFIX, outcome_ttl: float = 600.0) -> None:
+        self.client, self.prefix, self.outcome_ttl = client, prefix, outcome_ttl
+
+    def request_key(self, org: int, request_id: str) -> str:
+        return K.REQUEST_KEY.format(prefix=self.prefix, org=org, request_id=request_id)
+
+    def outcome_key(self, org: int, request_id: str) -> str:
+        return K.OUTCOME_KEY.format(prefix=self.prefix, org=org, request_id=request_id)
+
+    async def claim(self, org: int, request_id: str, origin: str) -> RequestClaim:
+        """Record `origin` as the first user of requestId unless one is recorded; one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self.request_key(org, request_id), origin, nx=True, ex=K.REQUEST_TTL_SECONDS, get=True)
+            pipe.get(self.outcome_key(org, request_id))
+            previous, cached = await pipe.execute()
+        if previous is None:
+            return RequestClaim(None, None)
+        first = previous.decode("utf-8", "replace") if isinstance(previous, bytes) else str(previous)
+        outcome = None
+        if cached is not None and first == origin:
+            try:
+                outcome = json.loads(cached)
+            except ValueError:  # not ours to trust: the ledger answers instead
+                outcome = None
+        return RequestClaim(None if first == origin else first, outcome if isinstance(outcome, dict) else None)
+
+    async def remember(self, items: Iterable[tuple[int, str, dict[str, Any]]]) -> None:
+        """Cache the outcomes of a batch (orgId, requestId, outcome), before they are committed."""
+        if self.outcome_ttl <= 0:
+            return
+        ttl_ms = int(self.outcome_ttl * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            count = 0
+            for org, request_id, outcome in items:
+                pipe.set(self.outcome_key(org, request_id), json.dumps(outcome, separators=(",", ":")), px=ttl_ms)
+                count += 1
+            if count:
+                await pipe.execute()

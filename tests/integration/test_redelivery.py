@@ -1,0 +1,69 @@
+"""A redelivered batch (a crash or a revoke between deciding and committing) is answered from
+Redis: no MongoDB read, the same outcomes, no second effect."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
+from redis.asyncio import Redis
+
+from badge_worker.adapters.mongo import Repositories
+from badge_worker.adapters.redis_store import RedisStore
+from badge_worker.adapters.request_cache import RequestCache
+from badge_worker.domain.commands import Stream
+from badge_worker.service.messages import InputRecord
+from badge_worker.service.processor import Processor
+from badge_worker.settings import Settings
+from tests.integration.helpers import ORG, live_badge, load
+
+
+class Reads(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("find", "aggregate", "count"):
+            self.commands.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def record(offset: int, body: dict[str, Any]) -> InputRecord:
+    return InputRecord("t.earns", 0, offset, None, json.dumps(body).encode(), (), int(time.time() * 1000),
+                       Stream.EARNS)
+
+
+async def test_a_redelivered_batch_reads_nothing_from_mongodb(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    await load(mongo, live_badge("redeliver-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}]))
+    reads = Reads()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[reads])
+    try:
+        repos = Repositories(client[settings.mongodb_database])
+        cache = RequestCache(redis_client, settings.redis_key_prefix)
+        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix), cache,
+                              badge_cache_ttl=60)
+        # two earns per customer: one fits, one is refused (830)
+        batch = [record(i, {"orgId": ORG, "requestId": f"r{i}", "badgeMetaId": "redeliver-b",
+                            "customerId": 1 + i // 2}) for i in range(200)]
+        first = await processor.process_batch(batch)
+        # what the worker does before committing
+        await cache.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in first)
+        await repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first if r.ledger is not None)
+        reads.commands.clear()
+        again = await processor.process_batch(batch)  # the same records, delivered again
+    finally:
+        await client.close()
+    assert reads.commands == []
+    assert [r.outcome for r in again] == [r.outcome for r in first]
+    assert all(r.replayed for r in again)
+    assert sorted({r.code for r in first}) == [200, 830]
+    assert await mongo.earned.count_documents({"badgeMetaId": "redeliver-b"}) == 100
