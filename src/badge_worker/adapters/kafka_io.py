@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from badge_worker import constants as K
@@ -39,6 +40,24 @@ async def ensure_topics(settings: Settings, partitions: int | None = None) -> No
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+async def message_size_limits(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Each topic's effective `max.message.bytes` (its own, or the broker's default)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in topics])
+    finally:
+        await admin.close()
+    limits: dict[str, int] = {}
+    for response in responses:
+        for _code, _message, _type, name, entries in response.resources:
+            for entry in entries:
+                if entry[0] == "max.message.bytes" and str(entry[1]).isdigit():
+                    limits[name] = int(entry[1])
+    return limits
 
 
 async def partitions_of(settings: Settings, topics: list[str], timeout: float = 30.0) -> list[TopicPartition]:

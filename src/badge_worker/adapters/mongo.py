@@ -109,20 +109,17 @@ class Repositories:
 
     # ---- badge definitions
     async def upsert_badge(self, badge: BadgeDefinition) -> None:
-        """Store a definition (`badges load`): insert it, or replace the stored one but keep
-        the claims that claim commands recorded.
+        """Store a definition (`badges load`): insert it, or update the stored one field by
+        field without ever writing its `ownership.claims`, so that claims recorded by claim
+        commands meanwhile cannot be lost (no compare-and-set is needed, which FerretDB does
+        not make atomic against a concurrent update).
 
-        Claims rule: the result's `ownership.claims` are the stored claims, as stored and in
-        their order (for an (ownerType, referenceId) pair the worker has recorded, active or
-        not, the stored claim wins over the file's), followed by the file's claims whose pair
-        is not stored (pairs compared as in `set_claim`: ownerType case-insensitively,
-        referenceId as a string; the first of duplicates in the file wins). So a load never
-        drops or reactivates a claim; only `unclaim` commands deactivate one.
-
-        `claimsVersion` is kept, and moved on only when the load added claims. The replace is
-        a compare-and-set on it (by `_id`, like `set_claim`): a claim recorded between our read
-        and our write makes the write match nothing, and we merge again. No document yet: an
-        insert (a duplicate key means another loader won; merge with its document).
+        Claims rule: the stored claims stay as stored (for an (ownerType, referenceId) pair
+        the worker has recorded, active or not, the stored claim wins over the file's); the
+        file's claims whose pair is not stored are added afterwards through `set_claim` (pairs
+        compared as there: ownerType case-insensitively, referenceId as a string). So a load
+        never drops or reactivates a claim; only `unclaim` commands deactivate one. Fields of
+        the stored definition that the file no longer has are removed.
         """
         doc = badge.to_document()
         key = badge_key(badge.id)
@@ -132,34 +129,35 @@ class Repositories:
         while True:
             attempt += 1
             try:
-                stored = await self.badges.find_one({"_id": key}, {"ownership": 1, "claimsVersion": 1})
+                stored = await self.badges.find_one({"_id": key})
                 if stored is None:
                     async with self.writes.lock:
                         await self.badges.insert_one(doc)
                     return
-                stored_claims: list[Doc] = list((stored.get("ownership") or {}).get("claims") or [])
-                merged = merge_claims(stored_claims, file_claims)
-                new = {**doc, "ownership": {**(doc.get("ownership") or {}), "claims": merged}}
-                if "claimsVersion" in stored:
-                    version = stored["claimsVersion"]
-                    flt: Doc = {"_id": key, "claimsVersion": version}
-                    new["claimsVersion"] = version + 1 if len(merged) != len(stored_claims) else version
-                else:
-                    flt = {"_id": key, "claimsVersion": {"$exists": False}}
-                    if len(merged) != len(stored_claims):
-                        new["claimsVersion"] = 1
+                updates: Doc = {k: v for k, v in doc.items() if k not in ("_id", "ownership")}
+                removed = [k for k in stored if k not in doc and k not in ("_id", "claimsVersion", "ownership")]
+                ownership = dict(doc.get("ownership") or {})
+                ownership.pop("claims", None)
+                updates.update({f"ownership.{k}": v for k, v in ownership.items()})
+                removed += [f"ownership.{k}" for k in (stored.get("ownership") or {})
+                            if k != "claims" and k not in ownership]
+                change: Doc = {"$set": updates}
+                if removed:
+                    change["$unset"] = dict.fromkeys(removed, "")
                 async with self.writes.lock:
-                    result = await self.badges.replace_one(flt, new)
-                if result.matched_count == 1:
-                    return
+                    await self.badges.update_one({"_id": key}, change)
+                break
             except DuplicateKeyError:
                 if attempt >= 20:  # pragma: no cover - a duplicate we cannot then read
                     raise
-                # inserted by another loader meanwhile: merge with it
+                # inserted by another loader meanwhile: update that one
             except OperationFailure as exc:
                 if not is_transient_write_error(str(exc)) or attempt >= 20:
                     raise
                 await asyncio.sleep(min(1.0, 0.05 * attempt))  # FerretDB's SQLite is busy
+        stored_claims = list(((stored or {}).get("ownership") or {}).get("claims") or [])
+        for extra in merge_claims(stored_claims, file_claims)[len(stored_claims):]:
+            await self.set_claim(int(doc["orgId"]), badge.id, Claim.model_validate(extra))
 
     async def get_badge(self, org: int, badge_id: str) -> BadgeDefinition | None:
         doc = await self.badges.find_one({"_id": badge_key(badge_id), "orgId": org})
@@ -215,16 +213,26 @@ class Repositories:
             stored = await self.outcomes.find_one({"_id": doc["_id"]})
             return LedgerEntry(doc["_id"], doc["origin"], None if stored is None else stored["outcome"], new=False)
 
-    async def ledger_store_outcomes(self, items: Iterable[tuple[ObjectId, Doc]]) -> None:
+    async def ledger_store_outcomes(self, items: Iterable[tuple[ObjectId, Doc]]) -> dict[ObjectId, Doc]:
         """Keep the first outcome of each ledger entry: inserted under the entry's _id (batched
-        inserts are cheap where updates are not, and a second outcome is a duplicate key)."""
+        inserts are cheap where updates are not, and a second outcome is a duplicate key).
+
+        Returns the outcomes stored earlier for entries that had one (two runs of the same
+        message overlapped: a zombie, a revoked batch): the caller publishes those instead."""
         now = time.time()
+        items = list(items)
         results = await asyncio.gather(*(self.writes.insert(self.outcomes, {"_id": ledger_id, "outcome": outcome,
                                                                             "decidedAt": now})
                                          for ledger_id, outcome in items), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, DuplicateKeyError):
+        earlier: list[ObjectId] = []
+        for (ledger_id, _), result in zip(items, results, strict=True):
+            if isinstance(result, DuplicateKeyError):
+                earlier.append(ledger_id)
+            elif isinstance(result, BaseException):
                 raise result
+        if not earlier:
+            return {}
+        return {d["_id"]: d["outcome"] async for d in self.outcomes.find({"_id": {"$in": earlier}})}
 
     # ---- issues
     async def active_issues(self, org: int, customer: int, badge_id: str) -> list[IssueRecord]:

@@ -14,6 +14,7 @@ command error) is sent again one document at a time, so that only the bad one fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ class WriteBatcher:
         self.max_batch, self.retries = max_batch, retries
         self._queue: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.cancel_wait = 3.0  # seconds a cancelled caller waits for its write in flight
         self.lock = asyncio.Lock()  # also taken by the rare writes that bypass the queue
 
     async def insert(self, collection: AsyncCollection[Doc], doc: Doc) -> None:
@@ -68,7 +70,17 @@ class WriteBatcher:
         self._queue.append(op)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
-        await op.done
+        try:
+            await asyncio.shield(op.done)
+        except asyncio.CancelledError:
+            # Cancelled (a revoke): a write already queued still lands, so wait for it (briefly)
+            # before giving up, so that nothing of a revoked batch lands after the revoke.
+            if not op.done.done() and any(o is op for o in self._queue):
+                self._queue = [o for o in self._queue if o is not op]  # not sent yet: never will be
+                op.done.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(op.done), self.cancel_wait)
+            raise
 
     async def _flush_all(self) -> None:
         await asyncio.sleep(0)  # let the commands running in this tick queue their writes too

@@ -54,6 +54,10 @@ class RequestCache:
                 outcome = None
         return RequestClaim(None if first == origin else first, outcome if isinstance(outcome, dict) else None)
 
+    async def correct(self, org: int, request_id: str, origin: str) -> None:
+        """Put the ledger's answer back where the cache had another one (after a data loss)."""
+        await self.client.set(self.request_key(org, request_id), origin, ex=K.REQUEST_TTL_SECONDS)
+
     async def remember(self, items: Iterable[tuple[int, str, dict[str, Any]]]) -> None:
         """Cache the outcomes of a batch (orgId, requestId, outcome), before they are committed."""
         if self.outcome_ttl <= 0:

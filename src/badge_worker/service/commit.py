@@ -40,30 +40,46 @@ def fit_record(key: bytes | None, value: bytes | None, headers: list[tuple[str, 
 
 
 async def commit_batch(producer: AIOKafkaProducer, settings: Settings, tp: TopicPartition,
-                       records: list[InputRecord], results: list[Result], bounds: Bounds) -> None:
+                       records: list[InputRecord], results: list[Result], bounds: Bounds,
+                       size_limits: dict[str, int] | None = None) -> None:
+    """`size_limits`: the output topics' real max.message.bytes (a topic created by someone
+    else may take less than OUTPUT_MAX_MESSAGE_BYTES)."""
+    def limit(topic: str) -> int:
+        return min(settings.output_max_message_bytes, (size_limits or {}).get(topic, settings.output_max_message_bytes))
+
     await bounded(producer.begin_transaction(), bounds.kafka_call, "begin transaction")
     try:
+        deliveries: list[asyncio.Future[object]] = []
         for r in results:
             key = r.record.key
             topic = settings.topic_results if r.ok else settings.topic_errors
-            limit = settings.output_max_message_bytes
             out_key, value, headers = fit_record(key, kafka_io.encode(r.outcome), kafka_io.outcome_headers(r.record),
-                                                 limit)
-            await bounded(producer.send(topic, value, key=out_key, headers=headers),
-                          bounds.kafka_call, "send outcome")
+                                                 limit(topic))
+            deliveries.append(await bounded(producer.send(topic, value, key=out_key, headers=headers),
+                                            bounds.kafka_call, "send outcome"))
             if r.to_dlq:
-                out_key, value, headers = fit_record(key, r.record.value, kafka_io.dlq_headers(r), limit)
-                await bounded(producer.send(settings.topic_dlq, value, key=out_key, headers=headers),
-                              bounds.kafka_call, "send to DLQ")
+                out_key, value, headers = fit_record(key, r.record.value, kafka_io.dlq_headers(r),
+                                                     limit(settings.topic_dlq))
+                deliveries.append(await bounded(producer.send(settings.topic_dlq, value, key=out_key,
+                                                              headers=headers),
+                                                bounds.kafka_call, "send to DLQ"))
                 log.warning("sent_to_dlq", topic=r.record.topic, partition=r.record.partition,
                             offset=r.record.offset, code=r.code, orgId=r.outcome.get("orgId"),
                             requestId=r.outcome.get("requestId"))
+        # Every record must be in before the offsets are: aiokafka commits a transaction even
+        # when one of its records was refused, which would lose that outcome.
+        delivered = await bounded(asyncio.shield(asyncio.gather(*deliveries, return_exceptions=True)),
+                                  bounds.kafka_call, "deliver outputs")
+        refused = next((d for d in delivered if isinstance(d, BaseException)), None)
+        if refused is not None:
+            raise refused
         await bounded(producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, settings.consumer_group),
                       bounds.kafka_call, "send offsets")
         await bounded(producer.commit_transaction(), bounds.kafka_call, "commit transaction")
     except BaseException:
-        # Fenced, timed out or cancelled: end the transaction if the producer still can; the
-        # caller starts a new producer anyway, which aborts whatever is left open.
+        # Fenced, refused, timed out or cancelled: end the transaction if the producer still
+        # can (briefly: a revoke waits for this); the caller starts a new producer anyway,
+        # which aborts whatever is left open.
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(producer.abort_transaction(), bounds.kafka_call / 3)
+            await asyncio.wait_for(producer.abort_transaction(), bounds.abort)
         raise

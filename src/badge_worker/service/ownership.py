@@ -40,7 +40,8 @@ class Bounds:
     kafka_call: float = 30.0  # one producer/consumer request
     producer_start: float = 30.0  # init_transactions (may wait for the previous owner's transaction)
     revoke: float = 5.0  # cancel the batches in flight of revoked partitions
-    producer_stop: float = 10.0
+    abort: float = 3.0  # abort a transaction on the way out (below `revoke`)
+    producer_stop: float = 5.0
 
 
 async def bounded(awaitable: Awaitable[T], seconds: float, what: str) -> T:
@@ -59,6 +60,7 @@ class NotOwned(Exception):
 class Partition:
     tp: TopicPartition
     generation: int
+    kafka_generation: int | None = None  # the group generation that assigned it
     producer: AIOKafkaProducer | None = None
     start_offset: int | None = None  # committed offset, read after init_transactions
     fenced: bool = False
@@ -96,7 +98,7 @@ class Ownership:
             old = self.partitions.pop(tp, None)
             if old is not None:  # assigned again without a revoke in between: start afresh
                 self._retire(old)
-            part = Partition(tp, self.generation)
+            part = Partition(tp, self.generation, kafka_generation=self._kafka_generation())
             part.starter = asyncio.create_task(self._start(part), name=f"start-producer {part.name}")
             self.partitions[tp] = part
         log.info("partitions_assigned", partitions=[f"{tp.topic}/{tp.partition}" for tp in assigned],
@@ -113,7 +115,7 @@ class Ownership:
                                           "committed offset")
                 break
             except asyncio.CancelledError:
-                await self._stop_producer(producer)
+                await self._stop_producer(producer, self.bounds.abort)
                 raise
             except Exception as exc:
                 await self._stop_producer(producer)
@@ -134,6 +136,10 @@ class Ownership:
             raise NotOwned(part.name)
         if part.producer is None:
             if part.starter is None or part.starter.done():
+                # Re-created after a reset: only while the group still gives us the partition in
+                # the generation we joined, or it would fence the rightful owner.
+                if not self._still_assigned(part):
+                    raise NotOwned(part.name)
                 part.starter = asyncio.create_task(self._start(part), name=f"start-producer {part.name}")
             await bounded(asyncio.shield(part.starter), self.bounds.producer_start * 2, "producer start")
         if part.producer is None or part.fenced or part.retired:
@@ -146,6 +152,15 @@ class Ownership:
         producer, part.producer = part.producer, None
         if producer is not None:
             await self._stop_producer(producer)
+
+    def _kafka_generation(self) -> int | None:
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        generation = getattr(coordinator, "generation", None)
+        return generation if isinstance(generation, int) else None
+
+    def _still_assigned(self, part: Partition) -> bool:
+        consumer = self._consumer()
+        return part.tp in consumer.assignment() and self._kafka_generation() == part.kafka_generation
 
     # ------------------------------------------------------------------ fence
     def fence(self, part: Partition) -> None:
@@ -203,9 +218,9 @@ class Ownership:
         if producer is not None:
             await self._stop_producer(producer)
 
-    async def _stop_producer(self, producer: AIOKafkaProducer) -> None:
+    async def _stop_producer(self, producer: AIOKafkaProducer, seconds: float | None = None) -> None:
         try:
-            await asyncio.wait_for(producer.stop(), self.bounds.producer_stop)
+            await asyncio.wait_for(producer.stop(), seconds or self.bounds.producer_stop)
         except Exception as exc:  # a producer that cannot even stop is abandoned
             log.warning("producer_stop_failed", error=type(exc).__name__)
 

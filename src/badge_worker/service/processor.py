@@ -89,9 +89,15 @@ class Processor:
         tasks = [asyncio.create_task(run_group(ix)) for ix in groups.values()]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:  # cancelled (a revoke, a shutdown past its grace): stop every group with us
+        except asyncio.CancelledError:
+            # A revoke, or a shutdown past its grace: stop every group with us, and let each
+            # finish the call it is in (bounded) so that none of it runs on beside the next owner.
             for task in tasks:
                 task.cancel()
+            await asyncio.wait(tasks, timeout=4)
+            raise
+        for task in tasks:
+            task.cancel()
         # Stop the rest of the batch before it is retried (nothing of it is committed), and
         # read every task's exception: an outage fails many at once.
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
@@ -136,14 +142,18 @@ class Processor:
         ledger_id = None
         if cmd.requestId is not None:
             claim = await self.requests.claim(cmd.orgId, cmd.requestId, origin)
-            if claim.first_origin is not None:
-                return self._reused(record, cmd, claim.first_origin)
-            if claim.outcome is not None:  # redelivered after its outcome was decided: no MongoDB read
-                return Result(record, claim.outcome, replayed=True)
+            if claim.first_origin is None and claim.outcome is not None:
+                return Result(record, claim.outcome, replayed=True)  # redelivered: no MongoDB read
+            # The ledger is the truth; Redis only a hint (it may have lost the first user's
+            # key and taken another's), so a reuse is confirmed there and the hint corrected.
             entry = await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value)
+            if entry.origin != origin:
+                if claim.first_origin != entry.origin:
+                    await self.requests.correct(cmd.orgId, cmd.requestId, entry.origin)
+                return self._reused(record, cmd, entry.origin)
+            if claim.first_origin is not None:
+                await self.requests.correct(cmd.orgId, cmd.requestId, origin)
             if not entry.new:
-                if entry.origin != origin:
-                    return self._reused(record, cmd, entry.origin)
                 if entry.outcome is not None:
                     return Result(record, entry.outcome, replayed=True)
                 resuming = True  # the same message was being processed when a worker stopped

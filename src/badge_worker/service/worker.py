@@ -71,6 +71,7 @@ class Worker:
         self.processor: Processor | None = None
         self.repos: Repositories | None = None
         self.replay_secret: bytes | None = None
+        self.size_limits: dict[str, int] = {}  # max.message.bytes of the output topics
         self.requests: RequestCache | None = None
         self.last_poll = time.monotonic()  # liveness: the consume loop goes round
 
@@ -111,6 +112,7 @@ class Worker:
         await self.repos.ensure_indexes()
         await store.ping()
         await kafka_io.ensure_topics(self.settings)
+        self.size_limits = await kafka_io.message_size_limits(self.settings, self.settings.output_topics())
         self.replay_secret = await replay_marks.signing_key(self.repos.db, self.settings.replay_signing_key)
 
     async def run(self) -> None:
@@ -266,12 +268,24 @@ class Worker:
                                     "partition batch")
             # 500s are not stored: a DLQ replay of them is meant to run them again
             decided = [r for r in results if r.ledger is not None and not r.replayed and r.code != 500]
+            # MongoDB keeps the first outcome; if another run of a message stored one first,
+            # that one is published (and cached), so every copy says the same.
+            stored = await self.repos.ledger_store_outcomes((r.ledger, r.outcome) for r in decided)
+            for r in decided:
+                if r.ledger in stored:
+                    r.outcome = stored[r.ledger]
             await self.requests.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in decided)
-            await self.repos.ledger_store_outcomes((r.ledger, r.outcome) for r in decided)
-            await commit_batch(producer, self.settings, part.tp, records, results, self.bounds)
+            await commit_batch(producer, self.settings, part.tp, records, results, self.bounds, self.size_limits)
         except asyncio.CancelledError:
             raise  # revoked, or shutdown past its grace: nothing was committed
         except NotOwned:
+            if part.retired:  # revoked: the next owner starts from the committed offset
+                return
+            # Not ours any more (or not sure): rewind, pause and ask the group what we own.
+            if records and part.tp in self.consumer.assignment():
+                with contextlib.suppress(Exception):
+                    self.consumer.seek(part.tp, records[0].offset)
+            self.ownership.fence(part)
             return
         except Exception as exc:
             if isinstance(exc, FENCED_ERRORS):
