@@ -231,7 +231,7 @@ class Ownership:
         for part in parts:
             self._retire(part)
         if self._retiring:
-            await asyncio.wait(list(self._retiring), timeout=self.bounds.producer_stop + 5)
+            await asyncio.wait(list(self._retiring), timeout=self.bounds.producer_stop)
 
     def _consumer(self) -> AIOKafkaConsumer:
         assert self.consumer is not None

@@ -151,15 +151,16 @@ class Worker:
             except BaseException as exc:  # closing: nothing left to protect
                 log.warning("close_failed", what=what, error=type(exc).__name__)
 
+        # Bounded step by step (≤ ~17 s in all), so that a SIGTERM ends within the pod's grace.
         if self.consumer is not None:
-            await quietly("consumer", self.consumer.stop())
-        await quietly("producers", self.ownership.close(), self.bounds.producer_stop + 10)
+            await quietly("consumer", self.consumer.stop(), 5)
+        await quietly("producers", self.ownership.close(), self.bounds.producer_stop + 2)
         if self.redis is not None:
-            await quietly("redis", self.redis.aclose())
+            await quietly("redis", self.redis.aclose(), 2)
         if self.mongo is not None:
-            await quietly("mongodb", self.mongo.close())
+            await quietly("mongodb", self.mongo.close(), 2)
         if health:
-            await quietly("health", health.stop())
+            await quietly("health", health.stop(), 1)
         log.info("worker_stopped")
 
     def stop(self) -> None:
@@ -172,11 +173,11 @@ class Worker:
         loop = asyncio.get_running_loop()
         loop.call_later(self.settings.shutdown_grace_s, self._cancel_batches)
         if self.hard_exit:
-            loop.call_later(self.settings.shutdown_grace_s + 15, self._exit_now)
+            loop.call_later(self.settings.shutdown_grace_s + 25, self._exit_now)
 
     def _exit_now(self) -> None:
         """The last resort, if closing itself hangs: exiting is safe (nothing uncommitted is lost)."""
-        log.error("shutdown_stuck", after_s=self.settings.shutdown_grace_s + 15)
+        log.error("shutdown_stuck", after_s=self.settings.shutdown_grace_s + 25)
         dump_tasks()
         os._exit(70)
 
@@ -242,16 +243,19 @@ class Worker:
             except Exception as probe_exc:
                 if is_infra_error(probe_exc) or isinstance(probe_exc, KafkaError):
                     return
-                self.consumer.pause(tp)
+                position: int | None = None
+                with contextlib.suppress(Exception):  # a rebalance may have taken it meanwhile
+                    self.consumer.pause(tp)
+                    position = await bounded(self.consumer.position(tp), self.bounds.kafka_call, "position")
                 if part is not None:
                     part.unreadable = True
-                log.error("unreadable_record", topic=tp.topic, partition=tp.partition,
-                          position=await self.consumer.position(tp), error=type(exc).__name__,
-                          reason=str(exc)[:300])
+                log.error("unreadable_record", topic=tp.topic, partition=tp.partition, position=position,
+                          error=type(exc).__name__, reason=str(exc)[:300])
                 continue
             for records in probe.values():  # read ahead while probing: read them again later
                 if records:
-                    self.consumer.seek(tp, records[0].offset)
+                    with contextlib.suppress(Exception):
+                        self.consumer.seek(tp, records[0].offset)
 
     async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
         assert self.consumer is not None and self.processor is not None and self.repos is not None
