@@ -44,6 +44,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from badge_worker.adapters.mongo_batch import is_transient_write_error
 
+
+class InfrastructureUnavailable(RuntimeError):
+    """Raise (or subclass) this for a failure that is about the servers' state although no
+    client library reported one, e.g. counters that could not be rebuilt because Redis keeps
+    losing them: the batch is retried with backoff instead of ending as a 500."""
+
+
 # ---------------------------------------------------------------- Redis
 
 REDIS_INFRA_ERRORS: tuple[type[BaseException], ...] = (
@@ -186,9 +193,11 @@ def _kafka_infra(exc: BaseException) -> bool:
 # ---------------------------------------------------------------- any of them
 
 def infra_kind(exc: BaseException) -> str | None:
-    """'redis', 'mongodb', 'kafka' or 'network' when `exc` (or its cause, its context, a
-    member of its group) is an infrastructure failure; None otherwise."""
+    """'redis', 'mongodb', 'kafka', 'network' or 'state' (InfrastructureUnavailable) when `exc`
+    (or its cause, its context, a member of its group) is an infrastructure failure; else None."""
     for item in _chain(exc):
+        if isinstance(item, InfrastructureUnavailable):
+            return "state"
         if _redis_infra(item):
             return "redis"
         if _mongo_infra(item):

@@ -207,10 +207,11 @@ class PrivateRedis(PrivateServer):
     name = "redis"
     ready_timeout = 30.0
 
-    def __init__(self, root: Path, port: int | None = None, **options: str) -> None:
+    def __init__(self, root: Path, *, port: int | None = None, options: dict[str, str] | None = None,
+                 **more: str) -> None:
         super().__init__(root, port)
         self.options: dict[str, str] = {"save": "", "appendonly": "no", "maxmemory-policy": "noeviction"}
-        self.options.update({k.replace("_", "-"): str(v) for k, v in options.items()})
+        self.options.update({k.replace("_", "-"): str(v) for k, v in {**(options or {}), **more}.items()})
 
     @property
     def url(self) -> str:
@@ -280,14 +281,14 @@ class PrivateKafka(PrivateServer):
     name = "kafka"
     ready_timeout = 120.0
 
-    def __init__(self, root: Path, port: int | None = None, controller_port: int | None = None,
-                 **overrides: str) -> None:
+    def __init__(self, root: Path, *, port: int | None = None, controller_port: int | None = None,
+                 overrides: dict[str, str] | None = None, **more: str) -> None:
         super().__init__(root, port)
         self.controller_port = controller_port or free_port()
         # A killed broker's registration lives until its session expires (9 s by default); a
         # restarted one cannot register before that: shorter, so a restart takes seconds.
         self.overrides = {"broker.session.timeout.ms": "3000", "broker.heartbeat.interval.ms": "500"}
-        self.overrides.update({k.replace("_", "."): str(v) for k, v in overrides.items()})
+        self.overrides.update({k.replace("_", "."): str(v) for k, v in {**(overrides or {}), **more}.items()})
         self.conf = root / "server.properties"
         self.logs_dir = root / "logs"
         self.logs_dir.mkdir(exist_ok=True)
@@ -397,13 +398,13 @@ class PrivateServers:
         return self.root / (name if n == 0 else f"{name}{n + 1}")
 
     def redis(self, *, wait: bool = True, **options: str) -> PrivateRedis:
-        return self._start(PrivateRedis(self._folder("redis"), **options), wait)
+        return self._start(PrivateRedis(self._folder("redis"), options=options), wait)
 
     def ferretdb(self, *, wait: bool = True) -> PrivateFerretDB:
         return self._start(PrivateFerretDB(self._folder("ferretdb")), wait)
 
     def kafka(self, *, wait: bool = True, **overrides: str) -> PrivateKafka:
-        return self._start(PrivateKafka(self._folder("kafka"), **overrides), wait)
+        return self._start(PrivateKafka(self._folder("kafka"), overrides=overrides), wait)
 
     def _start(self, server: S, wait: bool) -> S:
         self.started.append(server)

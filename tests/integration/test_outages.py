@@ -212,10 +212,10 @@ async def test_redis_read_only_replica_mid_stream(
 
     async def outage() -> None:
         before = infra_retries()
-        await admin.execute_command("REPLICAOF", "127.0.0.1", str(redis.free_port()))  # no primary there
+        await admin.replicaof("127.0.0.1", str(redis.free_port()))  # no primary there
         await asyncio.sleep(4)
         retries.append(infra_retries() - before)
-        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        await admin.replicaof("NO", "ONE")
 
     try:
         await run_through_outage(s, mongo, "ro-b", outage=outage)
@@ -232,9 +232,9 @@ async def test_redis_client_pause_mid_stream(
     admin = Redis.from_url(redis.url)
 
     async def outage() -> None:
-        await admin.execute_command("CLIENT", "PAUSE", "5000", "WRITE")
+        await admin.client_pause(5000, all=False)  # WRITE
         await asyncio.sleep(6)
-        await admin.execute_command("CLIENT", "PAUSE", "12000", "ALL")
+        await admin.client_pause(12_000, all=True)
         await asyncio.sleep(13)
 
     try:

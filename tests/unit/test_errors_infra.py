@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import aiokafka.errors as kafka_errors
@@ -50,14 +51,15 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from badge_worker.errors import infra_kind, is_infra_error, is_kafka_infra_error
+from badge_worker.errors import InfrastructureUnavailable, infra_kind, is_infra_error, is_kafka_infra_error
 
 # ---------------------------------------------------------------- Redis
 
 
 def redis_reply_error(reply: str) -> Exception:
     """The exception redis-py raises for the error reply `-<reply>` (its own parser)."""
-    exc = BaseParser.parse_error(reply)
+    parse: Callable[[str], Exception] = BaseParser.parse_error
+    exc = parse(reply)
     assert isinstance(exc, Exception)
     return exc
 
@@ -231,11 +233,12 @@ def test_bulk_write_errors_carrying_server_state_are_infrastructure() -> None:
 
 def test_write_errors_as_the_write_batcher_hands_them_out() -> None:
     """mongo_batch turns each failed document of an insert_many into its own WriteError."""
-    for err, infra in [({"code": 91, "errmsg": "shutdown in progress"}, True),
+    cases: list[tuple[dict[str, Any], bool]] = [({"code": 91, "errmsg": "shutdown in progress"}, True),
                        ({"code": 6, "errmsg": "host unreachable"}, True),
                        ({"code": 1, "errmsg": "SQLITE_BUSY"}, True),
                        ({"code": 11000, "errmsg": "E11000 duplicate key"}, False),
-                       ({"code": 2, "errmsg": "bad"}, False)]:
+                       ({"code": 2, "errmsg": "bad"}, False)]
+    for err, infra in cases:
         assert is_infra_error(WriteError(err["errmsg"], err["code"], {"index": 0, **err})) is infra, err
     assert not is_infra_error(DuplicateKeyError("E11000 duplicate key", 11000, {"code": 11000}))
 
@@ -255,7 +258,7 @@ KAFKA_ERROR_CLASSES = sorted(
 
 
 def test_every_retriable_kafka_error_is_among_them() -> None:
-    retriable = {c for c in KAFKA_ERROR_CLASSES if c.retriable}
+    retriable = {c for c in KAFKA_ERROR_CLASSES if getattr(c, "retriable", False)}
     assert {kafka_errors.NotLeaderForPartitionError, kafka_errors.UnknownTopicOrPartitionError,
             kafka_errors.KafkaConnectionError, kafka_errors.NodeNotReadyError,
             kafka_errors.RequestTimedOutError, kafka_errors.CoordinatorNotAvailableError} <= retriable
@@ -389,3 +392,11 @@ def test_a_cycle_of_contexts_ends() -> None:
     assert not is_infra_error(a)
     b.__cause__ = ReadOnlyError("You can't write against a read only replica.")
     assert infra_kind(a) == "redis"
+
+
+def test_our_own_marker_for_server_state() -> None:
+    class CountersLost(InfrastructureUnavailable):
+        pass
+
+    assert infra_kind(CountersLost("badge counters could not be rebuilt")) == "state"
+    assert not is_kafka_infra_error(CountersLost("x"))
