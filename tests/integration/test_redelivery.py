@@ -67,3 +67,38 @@ async def test_a_redelivered_batch_reads_nothing_from_mongodb(
     assert all(r.replayed for r in again)
     assert sorted({r.code for r in first}) == [200, 830]
     assert await mongo.earned.count_documents({"badgeMetaId": "redeliver-b"}) == 100
+
+
+async def test_a_batch_in_flight_at_a_crash_is_resumed_with_a_few_queries_not_one_per_record(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    """The worker stopped after the effects but before the outcomes were stored: the records
+    come again with no cached outcome. What MongoDB holds is read once per collection for the
+    whole batch, and every command gets the answer its first run would have given."""
+    await load(mongo, live_badge("resume-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}]))
+    await load(mongo, live_badge("resume-i", earnType="ISSUE_EARN",
+                                 issuedBadgeExpiry={"expiryType": "NEVER"}))
+    reads = Reads()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[reads])
+    try:
+        repos = Repositories(client[settings.mongodb_database])
+        cache = RequestCache(redis_client, settings.redis_key_prefix)
+        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix), cache,
+                              badge_cache_ttl=60)
+        bodies: list[dict[str, Any]] = []
+        for c in range(60):
+            bodies += [{"orgId": ORG, "requestId": f"e{c}a", "badgeMetaId": "resume-b", "customerId": 500 + c},
+                       {"orgId": ORG, "requestId": f"e{c}b", "badgeMetaId": "resume-b", "customerId": 500 + c},
+                       {"type": "issue", "orgId": ORG, "requestId": f"i{c}", "badgeMetaId": "resume-i",
+                        "customerId": 500 + c}]
+        batch = [record(i, b) for i, b in enumerate(bodies)]
+        first = await processor.process_batch(batch)  # then "killed": no outcome stored anywhere
+        reads.commands.clear()
+        again = await processor.process_batch(batch)
+    finally:
+        await client.close()
+    assert [r.outcome for r in again] == [r.outcome for r in first]
+    assert sorted({r.code for r in first}) == [200, 830]
+    assert len(reads.commands) <= 10, reads.commands  # one per collection, whatever the batch size
+    assert await mongo.earned.count_documents({"badgeMetaId": "resume-b"}) == 60
+    assert await mongo.issues.count_documents({"badgeMetaId": "resume-i"}) == 60

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bson import ObjectId
@@ -59,6 +59,26 @@ def merge_claims(stored: list[Doc], loaded: list[Doc]) -> list[Doc]:
     return merged
 
 
+RequestKey = tuple[int, str]  # (orgId, requestId)
+
+
+@dataclass
+class ResumeState:
+    """What MongoDB holds for the requestIds of a batch that were in flight when a worker
+    stopped, read with one query per collection for the whole batch: FerretDB reads every
+    document of a collection for each find, so a find per redelivered record is what made a
+    restart crawl. Only keys in `keys` were read; for the others nothing is known."""
+
+    keys: set[RequestKey] = field(default_factory=set)
+    ledger: dict[RequestKey, Doc] = field(default_factory=dict)
+    outcomes: dict[Any, Doc] = field(default_factory=dict)  # by ledger _id
+    earned: dict[RequestKey, Doc] = field(default_factory=dict)
+    intents: dict[RequestKey, Doc] = field(default_factory=dict)
+    issues: dict[RequestKey, Doc] = field(default_factory=dict)
+    revoked_issues: dict[RequestKey, list[str]] = field(default_factory=dict)  # by the revoking requestId
+    rejected: set[RequestKey] = field(default_factory=set)  # intents with a rejection marker
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     id: ObjectId
@@ -85,7 +105,8 @@ class Repositories:
                                          ("badgeMetaId", ASCENDING)], name="org_customer_badge")
         wanted = {
             self.requests: [org_request],
-            self.issues: [org_request, org_customer_badge],
+            self.issues: [org_request, org_customer_badge,
+                          IndexModel([("orgId", ASCENDING), ("revokedBy", ASCENDING)], name="org_revoked_by")],
             self.intents: [org_request, IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING),
                                                     ("status", ASCENDING)], name="org_badge_status")],
             self.earned: [
@@ -199,8 +220,43 @@ class Repositories:
                 return True
 
     # ---- the requestId ledger
-    async def ledger_claim(self, org: int, request_id: str, origin: str, kind: str) -> LedgerEntry:
-        """Register the command, or find whoever used requestId first (`new` tells which)."""
+    async def prefetch_resume(self, keys: Iterable[RequestKey]) -> ResumeState:
+        """One query per collection (and org) for all `keys`; see ResumeState."""
+        state = ResumeState(keys=set(keys))
+        by_org: dict[int, list[str]] = {}
+        for org, request_id in state.keys:
+            by_org.setdefault(org, []).append(request_id)
+
+        async def load(org: int, request_ids: list[str]) -> None:
+            flt = {"orgId": org, "requestId": {"$in": request_ids}}
+            ledger, earned, intents, issues, revoked, rejected = await asyncio.gather(
+                self.requests.find(flt).to_list(), self.earned.find(flt).to_list(),
+                self.intents.find(flt).to_list(), self.issues.find(flt).to_list(),
+                self.issues.find({"orgId": org, "revokedBy": {"$in": request_ids}}, {"_id": 1, "revokedBy": 1})
+                .to_list(),
+                self.rejections.find(flt, {"requestId": 1}).to_list())
+            state.rejected.update((org, d["requestId"]) for d in rejected)
+            for target, docs in ((state.ledger, ledger), (state.earned, earned), (state.intents, intents),
+                                 (state.issues, issues)):
+                target.update({(org, d["requestId"]): d for d in docs})
+            for d in revoked:
+                state.revoked_issues.setdefault((org, d["revokedBy"]), []).append(str(d["_id"]))
+
+        await asyncio.gather(*(load(org, ids) for org, ids in by_org.items()))
+        if state.ledger:
+            ids = [d["_id"] for d in state.ledger.values()]
+            state.outcomes = {d["_id"]: d["outcome"] async for d in self.outcomes.find({"_id": {"$in": ids}})}
+        return state
+
+    async def ledger_claim(self, org: int, request_id: str, origin: str, kind: str,
+                           resume: ResumeState | None = None) -> LedgerEntry:
+        """Register the command, or find whoever used requestId first (`new` tells which).
+        With `resume` holding this requestId, what it read answers without a query."""
+        if resume is not None and (org, request_id) in resume.keys:
+            known = resume.ledger.get((org, request_id))
+            if known is not None:
+                stored = resume.outcomes.get(known["_id"])
+                return LedgerEntry(known["_id"], known["origin"], stored, new=False)
         ledger_id = ObjectId()
         try:
             await self.writes.insert(self.requests, {"_id": ledger_id, "orgId": org, "requestId": request_id,

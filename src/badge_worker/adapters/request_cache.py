@@ -25,6 +25,12 @@ from badge_worker import constants as K
 class RequestClaim:
     first_origin: str | None  # None: this message is the first to use the requestId (per the cache)
     outcome: dict[str, Any] | None  # the first message's outcome, when cached
+    seen: bool = False  # the cache knew the requestId already (from this message or another)
+
+    @property
+    def resuming(self) -> bool:
+        """This same message was seen before and its outcome is not cached: it was in flight."""
+        return self.seen and self.first_origin is None and self.outcome is None
 
 
 class RequestCache:
@@ -39,20 +45,18 @@ class RequestCache:
 
     async def claim(self, org: int, request_id: str, origin: str) -> RequestClaim:
         """Record `origin` as the first user of requestId unless one is recorded; one round trip."""
+        return (await self.claim_many([(org, request_id, origin)]))[0]
+
+    async def claim_many(self, items: list[tuple[int, str, str]]) -> list[RequestClaim]:
+        """`claim` for a whole batch (orgId, requestId, origin), in one round trip."""
+        if not items:
+            return []
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self.request_key(org, request_id), origin, nx=True, ex=K.REQUEST_TTL_SECONDS, get=True)
-            pipe.get(self.outcome_key(org, request_id))
-            previous, cached = await pipe.execute()
-        if previous is None:
-            return RequestClaim(None, None)
-        first = previous.decode("utf-8", "replace") if isinstance(previous, bytes) else str(previous)
-        outcome = None
-        if cached is not None and first == origin:
-            try:
-                outcome = json.loads(cached)
-            except ValueError:  # not ours to trust: the ledger answers instead
-                outcome = None
-        return RequestClaim(None if first == origin else first, outcome if isinstance(outcome, dict) else None)
+            for org, request_id, origin in items:
+                pipe.set(self.request_key(org, request_id), origin, nx=True, ex=K.REQUEST_TTL_SECONDS, get=True)
+                pipe.get(self.outcome_key(org, request_id))
+            replies = await pipe.execute()
+        return [_claim(origin, replies[2 * i], replies[2 * i + 1]) for i, (_, _, origin) in enumerate(items)]
 
     async def correct(self, org: int, request_id: str, origin: str) -> None:
         """Put the ledger's answer back where the cache had another one (after a data loss)."""
@@ -70,3 +74,17 @@ class RequestCache:
                 count += 1
             if count:
                 await pipe.execute()
+
+
+def _claim(origin: str, previous: Any, cached: Any) -> RequestClaim:
+    if previous is None:
+        return RequestClaim(None, None)
+    first = previous.decode("utf-8", "replace") if isinstance(previous, bytes) else str(previous)
+    outcome = None
+    if cached is not None and first == origin:
+        try:
+            outcome = json.loads(cached)
+        except ValueError:  # not ours to trust: the ledger answers instead
+            outcome = None
+    return RequestClaim(None if first == origin else first, outcome if isinstance(outcome, dict) else None,
+                        seen=True)

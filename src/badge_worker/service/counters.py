@@ -34,6 +34,7 @@ from badge_worker.adapters.redis_store import (
     ReserveResult,
 )
 from badge_worker.domain.windows import CheckKind, LimitCheck
+from badge_worker.errors import InfrastructureUnavailable
 from badge_worker.settings import Settings
 
 log = structlog.get_logger("badge_worker.counters")
@@ -186,7 +187,7 @@ async def reserve_cold(store: RedisStore, repos: Repositories, org: int, badge: 
         except LockLost:  # held past its ttl (a stalled process): decide again
             store.memory(org, badge).cold_cache = None
             continue
-    raise RuntimeError("the cold path of these counters could not complete")
+    raise InfrastructureUnavailable("the cold path of these counters could not complete")
 
 
 def _remember(store: RedisStore, org: int, badge: str, snap: _ColdSnapshot, result: ReserveResult,

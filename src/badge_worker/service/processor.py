@@ -17,9 +17,9 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from badge_worker.adapters.mongo import Repositories, counter_refs
+from badge_worker.adapters.mongo import Repositories, ResumeState, counter_refs
 from badge_worker.adapters.redis_store import CounterRef, NeedsRebuild, RedisStore, limit_docs
-from badge_worker.adapters.request_cache import RequestCache
+from badge_worker.adapters.request_cache import RequestCache, RequestClaim
 from badge_worker.domain import rules
 from badge_worker.domain.commands import Command, CommandType, Undecodable, decode
 from badge_worker.domain.errors import ErrorCode, Rejection, reject
@@ -27,9 +27,10 @@ from badge_worker.domain.models import BadgeDefinition, Claim
 from badge_worker.domain.outcomes import envelope
 from badge_worker.domain.rules import LimitUsage
 from badge_worker.domain.timeutil import iso
-from badge_worker.errors import is_infra_error
+from badge_worker.errors import InfrastructureUnavailable, is_infra_error
 from badge_worker.service import counters
 from badge_worker.service.messages import InputRecord, Result
+from badge_worker.service.resume import Resume
 
 log = structlog.get_logger("badge_worker.processor")
 
@@ -75,6 +76,16 @@ class Processor:
         """Outcomes for `records`, in their order. Infrastructure errors propagate (the caller
         retries the whole batch); any other failure of one message ends as its own 500."""
         decoded = [decode(r.value, r.stream) for r in records]
+        # The requestId cache for the whole batch in one round trip; then, for the messages
+        # that were in flight when a worker stopped, what MongoDB holds, in one query per
+        # collection (never a find per redelivered message).
+        asking = [i for i, item in enumerate(decoded) if isinstance(item, Command) and item.requestId is not None]
+        claims = dict(zip(asking, await self.requests.claim_many(
+            [(decoded[i].orgId, decoded[i].requestId, records[i].origin) for i in asking]),  # type: ignore[misc]
+            strict=True))
+        unsure = [(decoded[i].orgId, decoded[i].requestId) for i in asking
+                  if claims[i].resuming or claims[i].first_origin is not None]
+        resume = await self.repos.prefetch_resume(unsure) if unsure else None  # type: ignore[arg-type]
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(decoded):
             key = item.entity_key if isinstance(item, Command) else ("undecodable", i)
@@ -84,7 +95,7 @@ class Processor:
         async def run_group(indexes: list[int]) -> None:
             async with self._slots:
                 for i in indexes:
-                    results[i] = await self._handle_with_retries(records[i], decoded[i])
+                    results[i] = await self._handle_with_retries(records[i], decoded[i], claims.get(i), resume)
 
         tasks = [asyncio.create_task(run_group(ix)) for ix in groups.values()]
         try:
@@ -107,7 +118,8 @@ class Processor:
             raise failure
         return [r for r in results if r is not None]
 
-    async def _handle_with_retries(self, record: InputRecord, item: Command | Undecodable) -> Result:
+    async def _handle_with_retries(self, record: InputRecord, item: Command | Undecodable,
+                                   claim: RequestClaim | None = None, resume: ResumeState | None = None) -> Result:
         org = item.orgId
         request_id = item.requestId
         with structlog.contextvars.bound_contextvars(
@@ -117,7 +129,7 @@ class Processor:
             last: Exception = RuntimeError("max_attempts is 0")
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    return await self.handle(record, item)
+                    return await self.handle(record, item, claim if attempt == 1 else None, resume)
                 except Exception as exc:
                     if is_infra_error(exc):
                         raise
@@ -132,21 +144,25 @@ class Processor:
                           error_type=type(last).__name__, error_reason=str(last)[:1000])
 
     # ------------------------------------------------------------------ one message
-    async def handle(self, record: InputRecord, item: Command | Undecodable) -> Result:
+    async def handle(self, record: InputRecord, item: Command | Undecodable, claim: RequestClaim | None = None,
+                     state: ResumeState | None = None) -> Result:
+        """One message. `claim`: its requestId cache answer, if the batch asked already;
+        `state`: what MongoDB holds for the batch's messages that were in flight before."""
         if isinstance(item, Undecodable):
             return Result(record, envelope(item.type, item.orgId, item.requestId, None, item.rejection),
                           to_dlq=item.not_json)
         cmd = item
         origin = record.origin
-        resuming = False
+        resume: Resume | None = None
         ledger_id = None
         if cmd.requestId is not None:
-            claim = await self.requests.claim(cmd.orgId, cmd.requestId, origin)
+            if claim is None:
+                claim = await self.requests.claim(cmd.orgId, cmd.requestId, origin)
             if claim.first_origin is None and claim.outcome is not None:
                 return Result(record, claim.outcome, replayed=True)  # redelivered: no MongoDB read
             # The ledger is the truth; Redis only a hint (it may have lost the first user's
             # key and taken another's), so a reuse is confirmed there and the hint corrected.
-            entry = await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value)
+            entry = await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value, state)
             if entry.origin != origin:
                 if claim.first_origin != entry.origin:
                     await self.requests.correct(cmd.orgId, cmd.requestId, entry.origin)
@@ -156,16 +172,17 @@ class Processor:
             if not entry.new:
                 if entry.outcome is not None:
                     return Result(record, entry.outcome, replayed=True)
-                resuming = True  # the same message was being processed when a worker stopped
+                # the same message was being processed when a worker stopped
+                resume = Resume(self.repos, cmd.orgId, cmd.requestId, state)
             ledger_id = entry.id
-        outcome = await self._execute(cmd, record.now, resuming)
+        outcome = await self._execute(cmd, record.now, resume)
         return Result(record, outcome, ledger=ledger_id)
 
     def _reused(self, record: InputRecord, cmd: Command, first_origin: str) -> Result:
         rejection = reject(ErrorCode.REQUEST_ID_REUSED, firstUsedBy=first_origin)
         return Result(record, envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, rejection))
 
-    async def _execute(self, cmd: Command, now: float, resuming: bool) -> Doc:
+    async def _execute(self, cmd: Command, now: float, resume: Resume | None) -> Doc:
         handler = {
             CommandType.CLAIM: self._claim,
             CommandType.UNCLAIM: self._claim,
@@ -174,13 +191,13 @@ class Processor:
             CommandType.REVOKE_ISSUE: self._revoke_issue,
             CommandType.REVOKE_EARN: self._revoke_earn,
         }[cmd.type]
-        data_or_rejection = await handler(cmd, now, resuming)
+        data_or_rejection = await handler(cmd, now, resume)
         if isinstance(data_or_rejection, Rejection):
             return envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, data_or_rejection)
         return envelope(cmd.type.value, cmd.orgId, cmd.requestId, data_or_rejection)
 
     # ------------------------------------------------------------------ commands
-    async def _claim(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+    async def _claim(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
         badge = await self.repos.get_badge(cmd.orgId, cmd.badgeMetaId)  # claims read fresh
         plan = rules.decide_claim(cmd, badge)
         if isinstance(plan, Rejection):
@@ -193,10 +210,10 @@ class Processor:
         return {"badgeMetaId": cmd.badgeMetaId, "ownerType": plan.owner.ownerType.value,
                 "referenceId": plan.owner.referenceId}
 
-    async def _issue(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+    async def _issue(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
         assert cmd.requestId is not None and cmd.customerId is not None
-        if resuming:
-            done = await self.repos.issues.find_one({"orgId": cmd.orgId, "requestId": cmd.requestId})
+        if resume:
+            done = await resume.issue()
             if done is not None:
                 return self._issue_data(cmd, done)
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
@@ -217,10 +234,10 @@ class Processor:
                 "requestId": cmd.requestId, "expiresOn": doc.get("expiresOn"),
                 "expiresOnISO": iso(doc.get("expiresOn"))}
 
-    async def _earn(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+    async def _earn(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
         assert cmd.requestId is not None and cmd.customerId is not None
-        if resuming:
-            done = await self.repos.find_earned_by_request(cmd.orgId, cmd.requestId)
+        if resume:
+            done = await resume.earned()
             if done is not None:  # earned before a crash (perhaps revoked since): same answer
                 return self._earn_data(cmd, done)
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
@@ -229,8 +246,8 @@ class Processor:
             issues = await self.repos.active_issues(cmd.orgId, cmd.customerId, cmd.badgeMetaId)
         plan = rules.decide_earn(cmd, badge, issues, now)
         if isinstance(plan, Rejection):
-            if resuming:  # decided otherwise before a crash: give back what it may hold
-                intent = await self.repos.intents.find_one({"orgId": cmd.orgId, "requestId": cmd.requestId})
+            if resume:  # decided otherwise before a crash: give back what it may hold
+                intent = await resume.intent()
                 if intent is not None:
                     await self._abandon_earn(cmd, intent)
             return plan
@@ -244,9 +261,10 @@ class Processor:
             "limits": limit_docs(plan.checks),
         }
         if plan.checks:  # an earn with no limit takes nothing: no intent needed
-            intent = await self.repos.insert_intent(cmd.orgId, cmd.requestId, body)
+            intent = (await resume.intent() if resume else None) or \
+                await self.repos.insert_intent(cmd.orgId, cmd.requestId, body)
             body = {k: v for k, v in intent.items() if k not in ("orgId", "requestId", "status")}
-            if resuming:  # perhaps rejected before a crash: decide again
+            if resume and await resume.was_rejected():  # rejected before a crash: decide again
                 await self.repos.reopen_intent(intent["_id"])
             result = await self._reserve(cmd, plan)
             if result.status == "FULL":
@@ -277,7 +295,7 @@ class Processor:
                 continue
             await counters.mark_badge(self.store, self.repos, org, badge)
             return result
-        raise RuntimeError("badge counters could not be rebuilt")
+        raise InfrastructureUnavailable("badge counters could not be rebuilt")
 
     async def rebuild(self, org: int, badge_id: str) -> None:
         """Rebuild a badge's counters from MongoDB (when Redis does not hold trusted ones);
@@ -326,7 +344,7 @@ class Processor:
                     continue
             await counters.mark_badge(self.store, self.repos, org, badge_id)
             return
-        raise RuntimeError("badge counters could not be rebuilt")
+        raise InfrastructureUnavailable("badge counters could not be rebuilt")
 
     @staticmethod
     def _earn_data(cmd: Command, doc: Doc) -> Doc:
@@ -334,10 +352,10 @@ class Processor:
                 "earnedBadgeId": str(doc["_id"]), "issuedId": doc.get("issuedId"), "requestId": cmd.requestId,
                 "expiresOn": doc.get("expiresOn"), "expiresOnISO": iso(doc.get("expiresOn"))}
 
-    async def _revoke_issue(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+    async def _revoke_issue(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
         assert cmd.requestId is not None and cmd.customerId is not None
-        if resuming:
-            done = await self.repos.issues_revoked_by(cmd.orgId, cmd.requestId)
+        if resume:
+            done = await resume.revoked_issue_ids()
             if done:
                 return self._revoke_issue_data(cmd, done)
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
@@ -353,12 +371,12 @@ class Processor:
         return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId, "requestId": cmd.requestId,
                 "revokedIssuedIds": issued_ids}
 
-    async def _revoke_earn(self, cmd: Command, now: float, resuming: bool) -> Doc | Rejection:
+    async def _revoke_earn(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
         assert cmd.requestId is not None and cmd.earnedBadgeId is not None
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
         found = await self.repos.get_earned(cmd.orgId, cmd.earnedBadgeId)
         record, doc = found if found is not None else (None, None)
-        if not (resuming and doc is not None and doc.get("revokedBy") == cmd.requestId):
+        if not (resume and doc is not None and doc.get("revokedBy") == cmd.requestId):
             plan = rules.decide_revoke_earn(cmd, badge, record)
             if isinstance(plan, Rejection):
                 return plan

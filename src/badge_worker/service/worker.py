@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from pymongo import AsyncMongoClient
 from redis.asyncio import BlockingConnectionPool, Redis
 
@@ -32,7 +32,7 @@ from badge_worker.adapters import kafka_io
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
-from badge_worker.errors import is_infra_error
+from badge_worker.errors import is_infra_error, is_kafka_infra_error
 from badge_worker.health import HealthServer
 from badge_worker.metrics import BATCH_RECORDS, BATCH_SECONDS, DLQ, INFRA_RETRIES, LAG, OUTCOMES, READY
 from badge_worker.service.commit import commit_batch
@@ -295,9 +295,9 @@ class Worker:
             if isinstance(exc, FENCED_ERRORS):
                 self.ownership.fence(part)
                 return
-            if isinstance(exc, KafkaError | TimeoutError | IllegalOperation):
+            if isinstance(exc, TimeoutError) or is_kafka_infra_error(exc):
                 await self.ownership.reset_producer(part)  # its transaction state is unknown
-            if not is_infra_error(exc) and not isinstance(exc, KafkaError | IllegalOperation):
+            if not is_infra_error(exc):
                 log.error("batch_failed", topic=part.tp.topic, partition=part.tp.partition, exc_info=exc)
             self._back_off(part, records[0].offset if records else None, exc)
             return
