@@ -180,7 +180,10 @@ class Chaos:
     restarts: Counter[str] = field(default_factory=Counter)
 
     def start_worker(self, slot: int) -> None:
-        worker = WorkerProcess(self.settings, self.logs / f"worker{slot}.log").start()
+        # One static group member per slot (as a StatefulSet's pods): a restarted worker takes
+        # its slot's partitions back at once.
+        settings = self.settings.model_copy(update={"group_instance_id": f"{self.settings.consumer_group}-w{slot}"})
+        worker = WorkerProcess(settings, self.logs / f"worker{slot}.log").start()
         self.all_workers.append(worker)
         if slot < len(self.workers):
             self.workers[slot] = worker
