@@ -70,6 +70,7 @@ class Partition:
     delay: float = 0.0  # last backoff delay
     retired: bool = False
     unreadable: bool = False  # the Kafka client cannot parse a record here (worker._isolate_unreadable)
+    readable_left: int = 0  # records ahead of the unreadable one, still to process
 
     @property
     def name(self) -> str:

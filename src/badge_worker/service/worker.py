@@ -201,11 +201,13 @@ class Worker:
         for part in list(self.ownership.partitions.values()):
             if part.resume_at and part.resume_at <= now and not part.fenced and part.tp in assignment:
                 part.resume_at = 0.0
-                self.consumer.resume(part.tp)
+                if not part.unreadable:  # a parked partition stays paused (see _before_unreadable)
+                    self.consumer.resume(part.tp)
         try:
             batch = await bounded(self.consumer.getmany(timeout_ms=self.settings.fetch_timeout_ms,
                                                         max_records=self.settings.batch_max_records),
                                   self.bounds.kafka_call, "fetch")
+            batch.update(await self._before_unreadable())
         except Exception as exc:
             if is_infra_error(exc) or isinstance(exc, KafkaError):
                 log.warning("fetch_failed", error=type(exc).__name__, reason=str(exc)[:200])
@@ -229,33 +231,77 @@ class Worker:
         self.ready = not any(p.resume_at or p.fenced or p.unreadable for p in self.ownership.partitions.values())
         READY.set(1 if self.ready else 0)
 
+    async def _before_unreadable(self) -> dict[TopicPartition, list[Any]]:
+        """The readable records ahead of an unreadable one, fetched exactly up to it."""
+        assert self.consumer is not None
+        fetched: dict[TopicPartition, list[Any]] = {}
+        for part in list(self.ownership.partitions.values()):
+            if not part.unreadable or part.readable_left <= 0 or part.resume_at:
+                continue
+            self.consumer.resume(part.tp)
+            try:
+                got = await bounded(self.consumer.getmany(part.tp, timeout_ms=self.settings.fetch_timeout_ms,
+                                                          max_records=part.readable_left),
+                                    self.bounds.kafka_call, "fetch")
+            finally:
+                self.consumer.pause(part.tp)
+            if got.get(part.tp):
+                fetched[part.tp] = got[part.tp]
+        return fetched
+
     async def _isolate_unreadable(self, exc: Exception) -> None:
         """Find the partition whose records the Kafka client cannot parse and park it (paused,
         /readyz 503, an error log naming it) so that the others go on. Skipping the record
         needs an operator: it cannot be read, so it cannot be given an outcome here."""
         assert self.consumer is not None
-        paused = self.consumer.paused()
-        for tp in sorted(self.consumer.assignment() - paused):
+        consumer = self.consumer
+        active = sorted(consumer.assignment() - consumer.paused())
+        # The failed fetch may have moved other partitions past records it never returned:
+        # every partition goes back to what this worker last committed (or the group did).
+        starts: dict[TopicPartition, int] = {}
+        for tp in active:
             part = self.ownership.get(tp)
-            try:
-                probe = await bounded(self.consumer.getmany(tp, timeout_ms=200, max_records=1),
-                                      self.bounds.kafka_call, "fetch")
-            except Exception as probe_exc:
-                if is_infra_error(probe_exc) or isinstance(probe_exc, KafkaError):
-                    return
-                position: int | None = None
-                with contextlib.suppress(Exception):  # a rebalance may have taken it meanwhile
-                    self.consumer.pause(tp)
-                    position = await bounded(self.consumer.position(tp), self.bounds.kafka_call, "position")
+            start = part.start_offset if part is not None else None
+            if start is None:
+                with contextlib.suppress(Exception):
+                    start = await bounded(consumer.committed(tp), self.bounds.kafka_call, "committed offset")
+            if start is None:  # nothing committed yet: the group starts at the beginning
+                with contextlib.suppress(Exception):
+                    start = (await bounded(consumer.beginning_offsets([tp]), self.bounds.kafka_call,
+                                           "beginning offset"))[tp]
+            if start is not None:
+                starts[tp] = start
+                with contextlib.suppress(Exception):
+                    consumer.seek(tp, start)
+        for tp in active:
+            unreadable, position, readable = False, None, 0
+            for _ in range(self.settings.batch_max_records):  # one record at a time, up to a batch
+                try:
+                    got = await bounded(consumer.getmany(tp, timeout_ms=200, max_records=1),
+                                        self.bounds.kafka_call, "fetch")
+                except Exception as probe_exc:
+                    if is_infra_error(probe_exc) or isinstance(probe_exc, KafkaError):
+                        break
+                    unreadable = True
+                    with contextlib.suppress(Exception):  # where the client stopped: the unreadable record
+                        position = await bounded(consumer.position(tp), self.bounds.kafka_call, "position")
+                    break
+                if not got.get(tp):
+                    break
+                readable += len(got[tp])
+            with contextlib.suppress(Exception):  # read ahead while probing: read them again later
+                if tp in starts:
+                    consumer.seek(tp, starts[tp])
+                if unreadable:
+                    consumer.pause(tp)
+            if unreadable:
+                part = self.ownership.get(tp)
                 if part is not None:
                     part.unreadable = True
+                    part.readable_left = readable  # the records before it still get processed
                 log.error("unreadable_record", topic=tp.topic, partition=tp.partition, position=position,
+                          committed=starts.get(tp),
                           error=type(exc).__name__, reason=str(exc)[:300])
-                continue
-            for records in probe.values():  # read ahead while probing: read them again later
-                if records:
-                    with contextlib.suppress(Exception):
-                        self.consumer.seek(tp, records[0].offset)
 
     async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
         assert self.consumer is not None and self.processor is not None and self.repos is not None
@@ -303,6 +349,8 @@ class Worker:
             return
         part.delay = 0.0
         part.start_offset = records[-1].offset + 1
+        if part.unreadable:
+            part.readable_left = max(0, part.readable_left - len(records))
         elapsed = time.perf_counter() - started
         BATCH_SECONDS.observe(elapsed)
         BATCH_RECORDS.observe(len(records))
