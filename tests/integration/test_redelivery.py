@@ -102,3 +102,29 @@ async def test_a_batch_in_flight_at_a_crash_is_resumed_with_a_few_queries_not_on
     assert len(reads.commands) <= 10, reads.commands  # one per collection, whatever the batch size
     assert await mongo.earned.count_documents({"badgeMetaId": "resume-b"}) == 60
     assert await mongo.issues.count_documents({"badgeMetaId": "resume-i"}) == 60
+
+
+async def test_after_redis_lost_its_keys_a_redelivered_batch_still_reads_mongodb_once_per_collection(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    await load(mongo, live_badge("lost-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}]))
+    reads = Reads()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[reads])
+    try:
+        repos = Repositories(client[settings.mongodb_database])
+        cache = RequestCache(redis_client, settings.redis_key_prefix)
+        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix), cache,
+                              badge_cache_ttl=60)
+        batch = [record(i, {"orgId": ORG, "requestId": f"l{i}", "badgeMetaId": "lost-b", "customerId": 1 + i // 2})
+                 for i in range(200)]
+        first = await processor.process_batch(batch)
+        await repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first if r.ledger is not None)
+        keys = [k async for k in redis_client.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000)]
+        await redis_client.delete(*keys)  # Redis lost everything, counters included
+        reads.commands.clear()
+        again = await processor.process_batch(batch)
+    finally:
+        await client.close()
+    assert [r.outcome for r in again] == [r.outcome for r in first]
+    ledger_and_outcome_reads = len(reads.commands)
+    assert ledger_and_outcome_reads <= 10, reads.commands

@@ -248,6 +248,16 @@ class Repositories:
             state.outcomes = {d["_id"]: d["outcome"] async for d in self.outcomes.find({"_id": {"$in": ids}})}
         return state
 
+    async def ledger_insert(self, org: int, request_id: str, origin: str, kind: str) -> LedgerEntry | None:
+        """Register the command as the first user of requestId; None if another was first."""
+        ledger_id = ObjectId()
+        try:
+            await self.writes.insert(self.requests, {"_id": ledger_id, "orgId": org, "requestId": request_id,
+                                                     "origin": origin, "type": kind, "createdAt": time.time()})
+        except DuplicateKeyError:
+            return None
+        return LedgerEntry(ledger_id, origin, None, new=True)
+
     async def ledger_claim(self, org: int, request_id: str, origin: str, kind: str,
                            resume: ResumeState | None = None) -> LedgerEntry:
         """Register the command, or find whoever used requestId first (`new` tells which).

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from badge_worker.adapters.mongo import Repositories, ResumeState, counter_refs
+from badge_worker.adapters.mongo import LedgerEntry, Repositories, ResumeState, counter_refs
 from badge_worker.adapters.redis_store import CounterRef, NeedsRebuild, RedisStore, limit_docs
 from badge_worker.adapters.request_cache import RequestCache, RequestClaim
 from badge_worker.domain import rules
@@ -83,8 +83,15 @@ class Processor:
         claims = dict(zip(asking, await self.requests.claim_many(
             [(decoded[i].orgId, decoded[i].requestId, records[i].origin) for i in asking]),  # type: ignore[misc]
             strict=True))
+        # First uses (per the cache) are registered in the ledger for the whole batch at once;
+        # a duplicate there (Redis lost the key) joins the ones that need a look at MongoDB.
+        fresh = [i for i in asking if not claims[i].seen]
+        inserted = await asyncio.gather(*(self.repos.ledger_insert(
+            decoded[i].orgId, decoded[i].requestId, records[i].origin, decoded[i].type.value)  # type: ignore[arg-type, union-attr]
+            for i in fresh))
+        entries = {i: e for i, e in zip(fresh, inserted, strict=True) if e is not None}
         unsure = [(decoded[i].orgId, decoded[i].requestId) for i in asking
-                  if claims[i].resuming or claims[i].first_origin is not None]
+                  if claims[i].resuming or claims[i].first_origin is not None or (i in fresh and i not in entries)]
         resume = await self.repos.prefetch_resume(unsure) if unsure else None  # type: ignore[arg-type]
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(decoded):
@@ -95,7 +102,8 @@ class Processor:
         async def run_group(indexes: list[int]) -> None:
             async with self._slots:
                 for i in indexes:
-                    results[i] = await self._handle_with_retries(records[i], decoded[i], claims.get(i), resume)
+                    results[i] = await self._handle_with_retries(records[i], decoded[i], claims.get(i), resume,
+                                                                 entries.get(i))
 
         tasks = [asyncio.create_task(run_group(ix)) for ix in groups.values()]
         try:
@@ -119,7 +127,8 @@ class Processor:
         return [r for r in results if r is not None]
 
     async def _handle_with_retries(self, record: InputRecord, item: Command | Undecodable,
-                                   claim: RequestClaim | None = None, resume: ResumeState | None = None) -> Result:
+                                   claim: RequestClaim | None = None, resume: ResumeState | None = None,
+                                   entry: LedgerEntry | None = None) -> Result:
         org = item.orgId
         request_id = item.requestId
         with structlog.contextvars.bound_contextvars(
@@ -129,7 +138,8 @@ class Processor:
             last: Exception = RuntimeError("max_attempts is 0")
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    return await self.handle(record, item, claim if attempt == 1 else None, resume)
+                    first = attempt == 1
+                    return await self.handle(record, item, claim if first else None, resume, entry if first else None)
                 except Exception as exc:
                     if is_infra_error(exc):
                         raise
@@ -145,9 +155,10 @@ class Processor:
 
     # ------------------------------------------------------------------ one message
     async def handle(self, record: InputRecord, item: Command | Undecodable, claim: RequestClaim | None = None,
-                     state: ResumeState | None = None) -> Result:
+                     state: ResumeState | None = None, registered: LedgerEntry | None = None) -> Result:
         """One message. `claim`: its requestId cache answer, if the batch asked already;
-        `state`: what MongoDB holds for the batch's messages that were in flight before."""
+        `state`: what MongoDB holds for the batch's messages that were in flight before;
+        `registered`: its ledger entry, if the batch inserted it already."""
         if isinstance(item, Undecodable):
             return Result(record, envelope(item.type, item.orgId, item.requestId, None, item.rejection),
                           to_dlq=item.not_json)
@@ -162,7 +173,8 @@ class Processor:
                 return Result(record, claim.outcome, replayed=True)  # redelivered: no MongoDB read
             # The ledger is the truth; Redis only a hint (it may have lost the first user's
             # key and taken another's), so a reuse is confirmed there and the hint corrected.
-            entry = await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value, state)
+            entry = registered or await self.repos.ledger_claim(cmd.orgId, cmd.requestId, origin, cmd.type.value,
+                                                                 state)
             if entry.origin != origin:
                 if claim.first_origin != entry.origin:
                     await self.requests.correct(cmd.orgId, cmd.requestId, entry.origin)
