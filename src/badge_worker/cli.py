@@ -30,8 +30,8 @@ def load_badge_files(paths: list[Path]) -> list[BadgeDefinition]:
 
 async def store_badges(settings: Settings, badges: list[BadgeDefinition]) -> int:
     """Upsert definitions (and create the indexes the worker needs). A definition already
-    stored is replaced but keeps the claims recorded by claim commands and its claimsVersion
-    (Repositories.upsert_badge); counters keep their counts unless a window shape changed
+    stored is updated but keeps the claims recorded by claim commands, which live in their
+    own documents (Repositories.upsert_badge); counters keep their counts unless a window shape changed
     (docs/counters.md)."""
     client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_uri)  # type: ignore[type-arg]
     try:

@@ -50,6 +50,7 @@ COUNTER_MARK_INTERVAL_SECONDS = 5.0  # a process writes a badge's seq watermark 
 
 # MongoDB collections
 BADGES = "badges"
+BADGE_CLAIMS = "badge_claims"  # one document per (badge, ownerType, referenceId): see Repositories.upsert_badge
 REQUESTS = "requests"  # the requestId ledger: which message (origin) first used each requestId
 OUTCOMES = "outcomes"  # the first outcome of each ledger entry, under the entry's _id
 ISSUES = "issues"

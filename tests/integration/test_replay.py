@@ -270,28 +270,46 @@ async def test_reloading_a_badge_keeps_its_claims(topics: Settings, mongo: Repos
     # claim commands, as the worker records them
     assert await mongo.set_claim(ORG, "claimed-b", Claim(ownerType="Loyalty", referenceId="prog-1"))
     assert await mongo.set_claim(ORG, "claimed-b", Claim(ownerType="Journeys", referenceId="j-1", isActive=False))
-    before = await mongo.badges.find_one({"_id": "claimed-b"})
-    assert before is not None and before["claimsVersion"] == 2
+    assert not await mongo.set_claim(ORG, "claimed-b", Claim(ownerType="JOURNEYS", referenceId="j-1", isActive=False))
+    assert not await mongo.set_claim(ORG, "claimed-b", Claim(ownerType="Loyalty", referenceId="never", isActive=False))
 
     # an operator raises the limit; the file still lists j-1 as active and names a new claim
     await store_badges(s, [definition(5, [{"ownerType": "journeys", "referenceId": "j-1", "isActive": True},
                                           {"ownerType": "Loyalty", "referenceId": "prog-2"}])])
-    after = await mongo.badges.find_one({"_id": "claimed-b"})
-    assert after is not None
-    assert after["customerConstraints"][0]["maxEarnLimit"] == 5
-    assert after["ownership"]["claims"] == [
+    badge = await mongo.get_badge(ORG, "claimed-b")
+    assert badge is not None and badge.customerConstraints[0].maxEarnLimit == 5
+    assert [c.model_dump(mode="json") for c in badge.ownership.claims] == [
         {"ownerType": "Journeys", "referenceId": "j-1", "isActive": False},  # the stored claim wins
         {"ownerType": "Loyalty", "referenceId": "prog-1", "isActive": True},  # kept
         {"ownerType": "Loyalty", "referenceId": "prog-2", "isActive": True},  # added from the file
     ]
-    assert after["claimsVersion"] == 3  # moved on: the load added a claim
-    badge = await mongo.get_badge(ORG, "claimed-b")
-    assert badge is not None and badge.customerConstraints[0].maxEarnLimit == 5
-    assert [c.referenceId for c in badge.ownership.claims] == ["j-1", "prog-1", "prog-2"]
-    # the same file again changes no claim and keeps the version
+    stored = await mongo.badges.find_one({"_id": "claimed-b"})
+    assert stored is not None and "claims" not in stored["ownership"]  # claims live in their own documents
+    # the same file again changes no claim
     await store_badges(s, [definition(5, [])])
-    again = await mongo.badges.find_one({"_id": "claimed-b"})
-    assert again is not None and again["claimsVersion"] == 3 and again["ownership"] == after["ownership"]
+    again = await mongo.get_badge(ORG, "claimed-b")
+    assert again is not None and again.ownership.claims == badge.ownership.claims
+
+
+async def test_claims_embedded_by_an_earlier_version_are_kept_and_moved(mongo: Repositories) -> None:
+    embedded = [{"ownerType": "Loyalty", "referenceId": "old-1", "isActive": True},
+                {"ownerType": "Journeys", "referenceId": "old-2", "isActive": False}]
+    doc = live_badge("legacy-b").to_document()
+    doc.update({"_id": "legacy-b", "claimsVersion": 2})
+    doc.setdefault("ownership", {})["claims"] = embedded
+    await mongo.badges.insert_one(doc)
+    badge = await mongo.get_badge(ORG, "legacy-b")
+    assert badge is not None and [c.model_dump(mode="json") for c in badge.ownership.claims] == embedded
+    # an unclaim of an embedded claim is a change; claiming the inactive one again too
+    assert await mongo.set_claim(ORG, "legacy-b", Claim(ownerType="Loyalty", referenceId="old-1", isActive=False))
+    assert not await mongo.set_claim(ORG, "legacy-b", Claim(ownerType="Journeys", referenceId="old-2", isActive=False))
+    await mongo.upsert_badge(live_badge("legacy-b", badgeConstraints=[{"constraintType": "BADGE_FIXED_VALUE",
+                                                                       "maxEarnLimit": 3}]))
+    stored = await mongo.badges.find_one({"_id": "legacy-b"})
+    assert stored is not None and "claims" not in stored.get("ownership", {}) and "claimsVersion" not in stored
+    badge = await mongo.get_badge(ORG, "legacy-b")
+    assert badge is not None
+    assert [(c.referenceId, c.isActive) for c in badge.ownership.claims] == [("old-1", False), ("old-2", False)]
 
 
 async def test_reloads_racing_claims_lose_nothing(mongo: Repositories) -> None:
@@ -305,10 +323,10 @@ async def test_reloads_racing_claims_lose_nothing(mongo: Repositories) -> None:
     await asyncio.gather(*(mongo.set_claim(ORG, "race-b", Claim(ownerType="Loyalty", referenceId=r)) for r in refs),
                          *(loader.upsert_badge(limited(n)) for n in range(1, 7)))
     await loader.upsert_badge(limited(9))
-    doc = await mongo.badges.find_one({"_id": "race-b"})
-    assert doc is not None
-    assert sorted(c["referenceId"] for c in doc["ownership"]["claims"]) == sorted(refs)
-    assert doc["badgeConstraints"][0]["maxEarnLimit"] == 9 and doc["claimsVersion"] == len(refs)
+    badge = await mongo.get_badge(ORG, "race-b")
+    assert badge is not None
+    assert sorted(c.referenceId for c in badge.ownership.claims) == sorted(refs)
+    assert badge.badgeConstraints[0].maxEarnLimit == 9
 
 
 async def test_claimed_then_reloaded_badge_still_earns_through_its_claim(topics: Settings,

@@ -124,8 +124,10 @@ async def test_every_error_code_end_to_end(topics: Settings, mongo: Repositories
     assert await mongo.earned.count_documents({"orgId": ORG, "status": "ACTIVE"}) == 4
     assert await mongo.earned.count_documents({"orgId": ORG, "customerId": 1, "status": "REVOKED"}) == 1
     assert isinstance((await mongo.earned.find_one({"requestId": "e12"}))["_id"], ObjectId)  # type: ignore[index]
-    claims_doc = (await mongo.badges.find_one({"_id": "earn-b"}))["ownership"]["claims"]  # type: ignore[index]
-    assert claims_doc == [{"ownerType": "Loyalty", "referenceId": "prog-1", "isActive": True}]
+    stored = await mongo.get_badge(ORG, "earn-b")
+    assert stored is not None
+    assert [c.model_dump(mode="json") for c in stored.ownership.claims] == [
+        {"ownerType": "Loyalty", "referenceId": "prog-1", "isActive": True}]
 
 
 async def test_poison_message_goes_to_the_dlq_and_replay_brings_it_back(

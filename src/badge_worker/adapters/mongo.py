@@ -91,6 +91,7 @@ class Repositories:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.db = db
         self.badges = db[K.BADGES]
+        self.claims = db[K.BADGE_CLAIMS]
         self.requests = db[K.REQUESTS]
         self.issues = db[K.ISSUES]
         self.earned = db[K.EARNED]
@@ -118,6 +119,8 @@ class Repositories:
             ],
             self.rejections: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING)], name="org_badge")],
             self.badges: [IndexModel([("orgId", ASCENDING), ("badgeGroupId", ASCENDING)], name="org_group")],
+            self.claims: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("order", ASCENDING)],
+                                     name="org_badge_order")],
         }
         # Only the missing ones, one per call: FerretDB 1.24 drops the connection (a panic) when
         # one createIndexes names several existing indexes, and index creation next to other
@@ -131,21 +134,24 @@ class Repositories:
     # ---- badge definitions
     async def upsert_badge(self, badge: BadgeDefinition) -> None:
         """Store a definition (`badges load`): insert it, or update the stored one field by
-        field without ever writing its `ownership.claims`, so that claims recorded by claim
-        commands meanwhile cannot be lost (no compare-and-set is needed, which FerretDB does
-        not make atomic against a concurrent update).
+        field. Claims are not part of the badge document: each lives in `badge_claims` under
+        its own `_id`, because FerretDB applies an update as read-modify-write of the whole
+        document without a transaction, so a load's `$set` beside a claim command's update of
+        the same document can silently undo the claim (seen under a race test).
 
-        Claims rule: the stored claims stay as stored (for an (ownerType, referenceId) pair
-        the worker has recorded, active or not, the stored claim wins over the file's); the
-        file's claims whose pair is not stored are added afterwards through `set_claim` (pairs
-        compared as there: ownerType case-insensitively, referenceId as a string). So a load
+        Claims rule: a stored claim (same ownerType case-insensitively, same referenceId as a
+        string) wins over the file's; the file's other claims are inserted (insert only: a
+        claim recorded meanwhile by a claim command makes the insert fail and wins). So a load
         never drops or reactivates a claim; only `unclaim` commands deactivate one. Fields of
         the stored definition that the file no longer has are removed.
         """
         doc = badge.to_document()
         key = badge_key(badge.id)
         doc["_id"] = key
-        file_claims: list[Doc] = list((doc.get("ownership") or {}).get("claims") or [])
+        ownership = dict(doc.get("ownership") or {})
+        file_claims: list[Doc] = list(ownership.pop("claims", None) or [])
+        if "ownership" in doc:
+            doc["ownership"] = ownership
         attempt = 0
         while True:
             attempt += 1
@@ -154,14 +160,14 @@ class Repositories:
                 if stored is None:
                     async with self.writes.lock:
                         await self.badges.insert_one(doc)
-                    return
+                    break
+                # claims embedded by an earlier version move to their own documents first
+                legacy = list((stored.get("ownership") or {}).get("claims") or [])
+                await self._insert_claims(int(stored.get("orgId", doc["orgId"])), badge.id, legacy)
                 updates: Doc = {k: v for k, v in doc.items() if k not in ("_id", "ownership")}
-                removed = [k for k in stored if k not in doc and k not in ("_id", "claimsVersion", "ownership")]
-                ownership = dict(doc.get("ownership") or {})
-                ownership.pop("claims", None)
+                removed = [k for k in stored if k not in doc and k not in ("_id", "ownership")]
                 updates.update({f"ownership.{k}": v for k, v in ownership.items()})
-                removed += [f"ownership.{k}" for k in (stored.get("ownership") or {})
-                            if k != "claims" and k not in ownership]
+                removed += [f"ownership.{k}" for k in (stored.get("ownership") or {}) if k not in ownership]
                 change: Doc = {"$set": updates}
                 if removed:
                     change["$unset"] = dict.fromkeys(removed, "")
@@ -176,48 +182,64 @@ class Repositories:
                 if not is_transient_write_error(str(exc)) or attempt >= 20:
                     raise
                 await asyncio.sleep(min(1.0, 0.05 * attempt))  # FerretDB's SQLite is busy
-        stored_claims = list(((stored or {}).get("ownership") or {}).get("claims") or [])
-        for extra in merge_claims(stored_claims, file_claims)[len(stored_claims):]:
-            await self.set_claim(int(doc["orgId"]), badge.id, Claim.model_validate(extra))
+        await self._insert_claims(int(doc["orgId"]), badge.id, file_claims)
+
+    async def _insert_claims(self, org: int, badge_id: str, claims: list[Doc]) -> None:
+        """Insert each claim whose pair has no document yet; a stored one wins."""
+        for claim in claims:
+            try:
+                async with self.writes.lock:
+                    await self.claims.insert_one(self._claim_doc(org, badge_id, Claim.model_validate(claim)))
+            except DuplicateKeyError:
+                continue
+
+    @staticmethod
+    def _claim_doc(org: int, badge_id: str, claim: Claim) -> Doc:
+        owner, ref = _claim_pair(claim.model_dump(mode="json"))
+        return {"_id": f"{org}|{badge_id}|{owner}|{ref}", "orgId": org, "badgeMetaId": badge_id,
+                "ownerType": claim.ownerType, "referenceId": claim.referenceId, "isActive": claim.isActive,
+                "order": ObjectId()}
 
     async def get_badge(self, org: int, badge_id: str) -> BadgeDefinition | None:
-        doc = await self.badges.find_one({"_id": badge_key(badge_id), "orgId": org})
+        doc, claims = await asyncio.gather(
+            self.badges.find_one({"_id": badge_key(badge_id), "orgId": org}),
+            self.claims.find({"orgId": org, "badgeMetaId": badge_id}).sort("order", ASCENDING).to_list())
         if doc is None:
             return None
         doc.pop("_id", None)
-        doc.pop("claimsVersion", None)
+        doc.pop("claimsVersion", None)  # written by earlier versions
+        ownership = doc.setdefault("ownership", {})
+        stored = [{k: c[k] for k in ("ownerType", "referenceId", "isActive")} for c in claims]
+        ownership["claims"] = merge_claims(stored, list(ownership.get("claims") or []))
         return BadgeDefinition.model_validate(doc)
 
     async def set_claim(self, org: int, badge_id: str, claim: Claim) -> bool:
-        """Set one owner's claim (isActive true or false); compare-and-set on a version field
-        so that two writers never lose each other's claims. True if the badge changed."""
+        """Set one owner's claim (isActive true or false) in its own document. True if the
+        claim changed. Claims of one badge arrive in order on one partition, so one writer at a
+        time updates a claim document; a loader only ever inserts one."""
+        key = self._claim_doc(org, badge_id, claim)["_id"]
         while True:
-            doc = await self.badges.find_one({"_id": badge_key(badge_id), "orgId": org},
-                                             {"ownership": 1, "claimsVersion": 1})
-            if doc is None:
-                return False
-            claims: list[Doc] = list((doc.get("ownership") or {}).get("claims") or [])
-            version = doc.get("claimsVersion", 0)
-            changed, found = False, False
-            for item in claims:
-                if (str(item.get("ownerType", "")).upper() == claim.ownerType.upper()
-                        and str(item.get("referenceId")) == claim.referenceId):
-                    found = True
-                    if bool(item.get("isActive", True)) != claim.isActive:
-                        item["isActive"] = claim.isActive
-                        changed = True
-            if not found and claim.isActive:
-                claims.append(claim.model_dump(mode="json"))
-                changed = True
-            if not changed:
+            current = await self.claims.find_one({"_id": key})
+            if current is None:
+                badge = await self.get_badge(org, badge_id)  # an embedded claim of an earlier version
+                if badge is None:
+                    return False
+                pair = _claim_pair(claim.model_dump(mode="json"))
+                was = next((c.isActive for c in badge.ownership.claims
+                            if _claim_pair(c.model_dump(mode="json")) == pair), False)
+                if was == claim.isActive:  # unclaiming a pair never claimed is no change either
+                    return False
+                try:
+                    async with self.writes.lock:
+                        await self.claims.insert_one(self._claim_doc(org, badge_id, claim))
+                    return True
+                except DuplicateKeyError:
+                    continue  # a loader inserted it meanwhile: decide against that one
+            if bool(current.get("isActive", True)) == claim.isActive:
                 return False
             async with self.writes.lock:
-                result = await self.badges.update_one(
-                    {"_id": doc["_id"], "claimsVersion": version} if "claimsVersion" in doc
-                    else {"_id": doc["_id"], "claimsVersion": {"$exists": False}},
-                    {"$set": {"ownership.claims": claims, "claimsVersion": version + 1}})
-            if result.modified_count == 1:
-                return True
+                await self.claims.update_one({"_id": key}, {"$set": {"isActive": claim.isActive}})
+            return True
 
     # ---- the requestId ledger
     async def prefetch_resume(self, keys: Iterable[RequestKey]) -> ResumeState:
