@@ -82,8 +82,8 @@ def test_stack_starts_stops_only_its_own_servers(servers: Servers, tmp_path: Pat
     if servers.source != "local stack":
         pytest.skip("the local stack is not what serves this run")
     ports = {"KAFKA_PORT": "19092", "KAFKA_CONTROLLER_PORT": "19093", "REDIS_PORT": "16379", "MONGO_PORT": "37017",
-             "POSTGRES_PORT": "15432", "FERRETDB_BACKEND": "sqlite"}
-    env = {"STACK_DIR": str(tmp_path / "own"), **ports}
+             "POSTGRES_PORT": "15432"}
+    env = {"STACK_DIR": str(tmp_path / "own"), "FERRETDB_BACKEND": "sqlite", **ports}
     try:
         up = run_stack(["up"], env)
         assert up.returncode == 0, up.stderr
