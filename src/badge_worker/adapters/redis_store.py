@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from badge_worker import constants as K
+from badge_worker.adapters.redis_batch import ScriptBatcher
 from badge_worker.domain.timeutil import DAY, WEEK, TimeUnit
 from badge_worker.domain.windows import CheckKind, LimitCheck
 
@@ -179,6 +180,7 @@ class _BadgeMemory:
 
     floor: int = 0  # the highest seq seen: Redis answering lower went back in time
     known: bool = False  # the MongoDB watermark was read into `floor`
+    knowing: asyncio.Future[int] | None = None  # that read, while it runs
     marked: int = 0  # the highest seq this process wrote to the watermark
     marked_at: float = 0.0  # monotonic
     cold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -202,6 +204,7 @@ class RedisStore:
         self.mark_interval = mark_interval
         self.lock_ttl_ms = K.COUNTER_LOCK_TTL_MS
         self._memory: dict[tuple[int, str], _BadgeMemory] = {}
+        self.calls = ScriptBatcher(client)  # reserve and release: one pipeline per loop tick
         self._reserve: AsyncScript = client.register_script(_lua("reserve.lua"))
         self._release: AsyncScript = client.register_script(_lua("release.lua"))
         self._begin: AsyncScript = client.register_script(_lua("rebuild_begin.lua"))
@@ -321,7 +324,7 @@ class RedisStore:
         decided from MongoDB for checks whose window Redis no longer keeps (service/counters.py).
         Raises NeedsRebuild; STALE names the checks that need `given` counts."""
         keys, args = self._reserve_call(org, badge, request_id, event_ts, checks, now, given, cold_token)
-        return self._reserve_reply(org, badge, await self._reserve(keys=keys, args=args))
+        return self._reserve_reply(org, badge, await self.calls.call(self._reserve, keys, args))
 
     async def reserve_many(self, items: Sequence[tuple[int, str, str, float, Sequence[LimitCheck], float | None]]
                            ) -> list[ReserveResult | NeedsRebuild]:
@@ -356,7 +359,7 @@ class RedisStore:
             else:
                 keys.append(self.counter_key(org, badge, ref.counter))
                 args += [ref.kind, str(len(keys))]
-        reply = await self._release(keys=keys, args=args)
+        reply = await self.calls.call(self._release, keys, args)
         status = _text(reply[0])
         if status == "REBUILD":
             raise NeedsRebuild(badge, _text(reply[1]))

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from badge_worker import constants as K
@@ -54,9 +55,11 @@ class RequestCache:
         async with self.client.pipeline(transaction=False) as pipe:
             for org, request_id, origin in items:
                 pipe.set(self.request_key(org, request_id), origin, nx=True, ex=K.REQUEST_TTL_SECONDS, get=True)
-                pipe.get(self.outcome_key(org, request_id))
+            # one MGET for every cached outcome: a reply per key costs redis-py more than the key
+            pipe.mget([self.outcome_key(org, request_id) for org, request_id, _ in items])
             replies = await pipe.execute()
-        return [_claim(origin, replies[2 * i], replies[2 * i + 1]) for i, (_, _, origin) in enumerate(items)]
+        outcomes = replies[-1]
+        return [_claim(origin, replies[i], outcomes[i]) for i, (_, _, origin) in enumerate(items)]
 
     async def correct(self, org: int, request_id: str, origin: str) -> None:
         """Put the ledger's answer back where the cache had another one (after a data loss)."""
@@ -70,10 +73,17 @@ class RequestCache:
         async with self.client.pipeline(transaction=False) as pipe:
             count = 0
             for org, request_id, outcome in items:
-                pipe.set(self.outcome_key(org, request_id), json.dumps(outcome, separators=(",", ":")), px=ttl_ms)
+                pipe.set(self.outcome_key(org, request_id), _dumps(outcome), px=ttl_ms)
                 count += 1
             if count:
                 await pipe.execute()
+
+
+def _dumps(outcome: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(outcome)
+    except TypeError:  # what orjson refuses (see kafka_io.encode) the stdlib writes
+        return json.dumps(outcome, separators=(",", ":")).encode()
 
 
 def _claim(origin: str, previous: Any, cached: Any) -> RequestClaim:
@@ -83,7 +93,7 @@ def _claim(origin: str, previous: Any, cached: Any) -> RequestClaim:
     outcome = None
     if cached is not None and first == origin:
         try:
-            outcome = json.loads(cached)
+            outcome = orjson.loads(cached)
         except ValueError:  # not ours to trust: the ledger answers instead
             outcome = None
     return RequestClaim(None if first == origin else first, outcome if isinstance(outcome, dict) else None,
