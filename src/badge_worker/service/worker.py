@@ -204,8 +204,12 @@ class Worker:
                 if not part.unreadable:  # a parked partition stays paused (see _before_unreadable)
                     self.consumer.resume(part.tp)
         try:
+            # up to a batch per assigned partition: a fetch of one batch in all let one or two
+            # partitions through per round while the others waited (measured: ~2,000 records per
+            # round of ~4 s on the local stack)
+            wanted = self.settings.batch_max_records * max(1, len(self.ownership.partitions))
             batch = await bounded(self.consumer.getmany(timeout_ms=self.settings.fetch_timeout_ms,
-                                                        max_records=self.settings.batch_max_records),
+                                                        max_records=wanted),
                                   self.bounds.kafka_call, "fetch")
             batch.update(await self._before_unreadable())
         except Exception as exc:
@@ -221,7 +225,7 @@ class Worker:
             if owned is None or owned.fenced or owned.retired or not raw:
                 continue  # revoked while fetched: the next owner has these records
             part = owned
-            part.batch = asyncio.create_task(self._process_partition(part, raw), name=f"batch {part.name}")
+            part.batch = asyncio.create_task(self._process_chunks(part, raw), name=f"batch {part.name}")
             tasks.append(part.batch)
         if tasks:
             await asyncio.wait(tasks)
@@ -302,6 +306,18 @@ class Worker:
                 log.error("unreadable_record", topic=tp.topic, partition=tp.partition, position=position,
                           committed=starts.get(tp),
                           error=type(exc).__name__, reason=str(exc)[:300])
+
+    async def _process_chunks(self, part: Partition, raw: list[Any]) -> None:
+        """A partition's records in batches of at most BATCH_MAX_RECORDS, one after the other;
+        after a batch that did not commit (backed off, fenced, revoked) the rest waits for
+        the next fetch, which starts again from where that batch began."""
+        size = self.settings.batch_max_records
+        for start in range(0, len(raw), size):
+            chunk = raw[start:start + size]
+            await self._process_partition(part, chunk)
+            done = part.start_offset is not None and part.start_offset > chunk[-1].offset
+            if not done or part.fenced or part.retired or part.resume_at:
+                return
 
     async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
         assert self.consumer is not None and self.processor is not None and self.repos is not None
