@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
+from typing import Any
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
+
+# The message being processed (requestId, orgId, Kafka coordinates): one contextvar set per
+# message (binding six structlog contextvars per message cost ~4% of the worker's CPU).
+MESSAGE: ContextVar[dict[str, Any] | None] = ContextVar("badge_worker_message", default=None)
+
+
+def merge_message(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    fields = MESSAGE.get()
+    if fields:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+    return event
+
 
 _SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
+    merge_message,
     structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]

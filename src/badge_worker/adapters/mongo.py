@@ -117,7 +117,9 @@ class Repositories:
                 IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("status", ASCENDING)],
                            name="org_badge_status"),
             ],
-            self.rejections: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING)], name="org_badge")],
+            self.rejections: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING)], name="org_badge"),
+                              # a redelivered batch looks its requestIds up (prefetch_resume)
+                              IndexModel([("orgId", ASCENDING), ("requestId", ASCENDING)], name="org_request")],
             self.badges: [IndexModel([("orgId", ASCENDING), ("badgeGroupId", ASCENDING)], name="org_group")],
             self.claims: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("order", ASCENDING)],
                                      name="org_badge_order")],
@@ -270,15 +272,21 @@ class Repositories:
             state.outcomes = {d["_id"]: d["outcome"] async for d in self.outcomes.find({"_id": {"$in": ids}})}
         return state
 
-    async def ledger_insert(self, org: int, request_id: str, origin: str, kind: str) -> LedgerEntry | None:
-        """Register the command as the first user of requestId; None if another was first."""
-        ledger_id = ObjectId()
-        try:
-            await self.writes.insert(self.requests, {"_id": ledger_id, "orgId": org, "requestId": request_id,
-                                                     "origin": origin, "type": kind, "createdAt": time.time()})
-        except DuplicateKeyError:
-            return None
-        return LedgerEntry(ledger_id, origin, None, new=True)
+    async def ledger_insert_many(self, items: Sequence[tuple[int, str, str, str]]) -> list[LedgerEntry | None]:
+        """Register each command (orgId, requestId, origin, type) as the first user of its
+        requestId, all in one batched insert; None where another was first."""
+        now = time.time()
+        docs: list[Doc] = [{"_id": ObjectId(), "orgId": org, "requestId": request_id, "origin": origin,
+                            "type": kind, "createdAt": now} for org, request_id, origin, kind in items]
+        entries: list[LedgerEntry | None] = []
+        for doc, error in zip(docs, await self.writes.insert_each(self.requests, docs), strict=True):
+            if isinstance(error, DuplicateKeyError):
+                entries.append(None)
+            elif error is not None:
+                raise error
+            else:
+                entries.append(LedgerEntry(doc["_id"], doc["origin"], None, new=True))
+        return entries
 
     async def ledger_claim(self, org: int, request_id: str, origin: str, kind: str,
                            resume: ResumeState | None = None) -> LedgerEntry:
@@ -309,9 +317,8 @@ class Repositories:
         message overlapped: a zombie, a revoked batch): the caller publishes those instead."""
         now = time.time()
         items = list(items)
-        results = await asyncio.gather(*(self.writes.insert(self.outcomes, {"_id": ledger_id, "outcome": outcome,
-                                                                            "decidedAt": now})
-                                         for ledger_id, outcome in items), return_exceptions=True)
+        results = await self.writes.insert_each(self.outcomes, [{"_id": ledger_id, "outcome": outcome,
+                                                                 "decidedAt": now} for ledger_id, outcome in items])
         earlier: list[ObjectId] = []
         for (ledger_id, _), result in zip(items, results, strict=True):
             if isinstance(result, DuplicateKeyError):

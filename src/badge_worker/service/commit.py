@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -39,6 +40,26 @@ def fit_record(key: bytes | None, value: bytes | None, headers: list[tuple[str, 
     return key, value, [*headers, (K.H_TRUNCATED, note)]
 
 
+async def _send_all(producer: AIOKafkaProducer, settings: Settings, results: list[Result],
+                    limit: Callable[[str], int]) -> list[asyncio.Future[object]]:
+    """Queue every output of the batch (bounded as a whole: one timer per batch, not per record)."""
+    deliveries: list[asyncio.Future[object]] = []
+    for r in results:
+        key = r.record.key
+        topic = settings.topic_results if r.ok else settings.topic_errors
+        out_key, value, headers = fit_record(key, kafka_io.encode(r.outcome), kafka_io.outcome_headers(r.record),
+                                             limit(topic))
+        deliveries.append(await producer.send(topic, value, key=out_key, headers=headers))
+        if r.to_dlq:
+            out_key, value, headers = fit_record(key, r.record.value, kafka_io.dlq_headers(r),
+                                                 limit(settings.topic_dlq))
+            deliveries.append(await producer.send(settings.topic_dlq, value, key=out_key, headers=headers))
+            log.warning("sent_to_dlq", topic=r.record.topic, partition=r.record.partition,
+                        offset=r.record.offset, code=r.code, orgId=r.outcome.get("orgId"),
+                        requestId=r.outcome.get("requestId"))
+    return deliveries
+
+
 async def commit_batch(producer: AIOKafkaProducer, settings: Settings, tp: TopicPartition,
                        records: list[InputRecord], results: list[Result], bounds: Bounds,
                        size_limits: dict[str, int] | None = None) -> None:
@@ -49,23 +70,7 @@ async def commit_batch(producer: AIOKafkaProducer, settings: Settings, tp: Topic
 
     await bounded(producer.begin_transaction(), bounds.kafka_call, "begin transaction")
     try:
-        deliveries: list[asyncio.Future[object]] = []
-        for r in results:
-            key = r.record.key
-            topic = settings.topic_results if r.ok else settings.topic_errors
-            out_key, value, headers = fit_record(key, kafka_io.encode(r.outcome), kafka_io.outcome_headers(r.record),
-                                                 limit(topic))
-            deliveries.append(await bounded(producer.send(topic, value, key=out_key, headers=headers),
-                                            bounds.kafka_call, "send outcome"))
-            if r.to_dlq:
-                out_key, value, headers = fit_record(key, r.record.value, kafka_io.dlq_headers(r),
-                                                     limit(settings.topic_dlq))
-                deliveries.append(await bounded(producer.send(settings.topic_dlq, value, key=out_key,
-                                                              headers=headers),
-                                                bounds.kafka_call, "send to DLQ"))
-                log.warning("sent_to_dlq", topic=r.record.topic, partition=r.record.partition,
-                            offset=r.record.offset, code=r.code, orgId=r.outcome.get("orgId"),
-                            requestId=r.outcome.get("requestId"))
+        deliveries = await bounded(_send_all(producer, settings, results, limit), bounds.kafka_call, "send outputs")
         # Every record must be in before the offsets are: aiokafka commits a transaction even
         # when one of its records was refused, which would lose that outcome.
         delivered = await bounded(asyncio.shield(asyncio.gather(*deliveries, return_exceptions=True)),

@@ -45,9 +45,18 @@ async def know_badge(store: RedisStore, repos: Repositories, org: int, badge: st
     """On this process's first use of a badge, take its MongoDB watermark as the lowest seq
     Redis may answer (below it, Redis went back in time): one find per badge and process."""
     mem = store.memory(org, badge)
-    if not mem.known:
-        store.observe(org, badge, await repos.counter_mark(org, badge))
-        mem.known = True
+    if mem.known:
+        return
+    if mem.knowing is None:  # one read for all the commands that need it now
+        mem.knowing = asyncio.ensure_future(repos.counter_mark(org, badge))
+    try:
+        mark = await asyncio.shield(mem.knowing)
+    except BaseException:
+        if mem.knowing.done():
+            mem.knowing = None  # failed: the next caller reads again
+        raise
+    store.observe(org, badge, mark)
+    mem.known = True
 
 
 async def mark_badge(store: RedisStore, repos: Repositories, org: int, badge: str) -> None:
