@@ -255,3 +255,12 @@ def test_identity_property_refresh_rate_is_shape(rate: int, other: int, unit: st
     a = {"constraintType": "CUSTOMER_BADGE_FIXED_WINDOW", "durationType": unit, "refreshRate": rate,
          "maxEarnLimit": 1}
     assert (ident(a) == ident({**a, "refreshRate": other})) == (rate == other)
+
+
+def test_a_copy_with_another_window_shape_gets_its_own_identity_despite_the_cache() -> None:
+    fixed = Constraint.model_validate({"constraintType": "BADGE_FIXED_WINDOW", "durationType": "DAYS",
+                                       "refreshRate": 1, "maxEarnLimit": 3})
+    first = fixed.identity()
+    assert fixed.identity() == first  # cached
+    assert fixed.model_copy(update={"maxEarnLimit": 9}).identity() == first  # a limit keeps its counters
+    assert fixed.model_copy(update={"refreshRate": 2}).identity() != first  # another window shape does not

@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -180,11 +181,13 @@ def encode(outcome: dict[str, Any]) -> bytes:
     marker, long lists) and says so in its warnings."""
     too_big = False
     try:
-        data = _dumps(outcome)
+        # orjson first (several times cheaper); it refuses what needs cleaning (lone surrogates,
+        # integers beyond 64 bits, keys that are not strings) and writes NaN as null
+        data = orjson.dumps(outcome)
         if len(data) <= MAX_OUTCOME_BYTES:
             return data
         too_big = True
-    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+    except (ValueError, TypeError, RecursionError):  # orjson.JSONEncodeError is a TypeError
         pass
     cleaned = _clean(outcome, depth=0)
     if not isinstance(cleaned, dict):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PrivateAttr, model_validator
 
 from badge_worker.domain.timeutil import TimeUnit, parse_instant
 
@@ -155,6 +156,7 @@ class Expiry(_Open):
 
 
 class Constraint(_Open):
+    _digest: str | None = PrivateAttr(default=None)
     constraintType: ConstraintType
     referenceId: str | None = None
     maxEarnLimit: int | None = None
@@ -255,8 +257,17 @@ class Constraint(_Open):
         """
         if self.referenceId:
             return self.referenceId
-        digest = hashlib.sha1(json.dumps(self.window_shape(), sort_keys=True).encode()).hexdigest()
-        return digest[:12]
+        if self._digest is None:  # every earn asks; definitions are never changed in place
+            self._digest = self._shape_identity()
+        return self._digest
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Constraint:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._digest = None  # the copy may have another shape
+        return copy
+
+    def _shape_identity(self) -> str:
+        return hashlib.sha1(json.dumps(self.window_shape(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 class BadgeDefinition(_Open):
