@@ -1,0 +1,175 @@
+"""What the worker reads from MongoDB, counted with PyMongo's command monitoring.
+
+- The earn hot path reads nothing per earn: a batch of first deliveries costs the badge
+  definition (cached) and the counter watermark (once per badge and process), whatever its size.
+- Every query shape the worker issues (filter fields, sort) is served by an index that
+  `ensure_indexes` creates, so that on real MongoDB nothing scans (FerretDB v1 scans anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import AsyncMongoClient, monitoring
+from redis.asyncio import Redis
+
+from badge_worker.adapters.mongo import Repositories
+from badge_worker.adapters.redis_store import RedisStore
+from badge_worker.adapters.request_cache import RequestCache
+from badge_worker.domain.commands import Stream
+from badge_worker.service import counters
+from badge_worker.service.messages import InputRecord
+from badge_worker.service.processor import Processor
+from badge_worker.settings import Settings
+from tests.integration.helpers import ORG, live_badge, load
+
+READS = ("find", "aggregate", "count", "distinct")
+WRITES_WITH_FILTER = ("update", "delete", "findAndModify")
+
+
+@dataclass
+class Shapes(monitoring.CommandListener):
+    """Each read or filtered write: (command, collection, filter fields, sort fields)."""
+
+    seen: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        cmd = event.command
+        name = event.command_name
+        if name in READS:
+            self.seen.append((name, str(cmd[name]), _fields(cmd.get("filter") or cmd.get("query") or {}),
+                              tuple(cmd.get("sort") or ())))
+        elif name in WRITES_WITH_FILTER:
+            statements = cmd.get("updates") or cmd.get("deletes") or [cmd]
+            for statement in statements:
+                self.seen.append((name, str(cmd[name]), _fields(statement.get("q") or statement.get("query") or {}),
+                                  ()))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def reads(self) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
+        return [s for s in self.seen if s[0] in READS]
+
+
+def _fields(flt: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(sorted(k for k in flt if not k.startswith("$")))
+
+
+def record(offset: int, body: dict[str, Any]) -> InputRecord:
+    return InputRecord("t.earns", 0, offset, None, json.dumps(body).encode(), (), int(time.time() * 1000),
+                       Stream.EARNS)
+
+
+async def indexes_of(repos: Repositories) -> dict[str, list[tuple[str, ...]]]:
+    found: dict[str, list[tuple[str, ...]]] = {}
+    for name in await repos.db.list_collection_names():
+        async for ix in await repos.db[name].list_indexes():
+            found.setdefault(name, []).append(tuple(ix["key"].keys()))
+    return found
+
+
+def served(fields: tuple[str, ...], sort: tuple[str, ...], indexes: list[tuple[str, ...]]) -> bool:
+    """An index answers the query when the filter's fields are a leading part of its keys (in
+    any order), or all of its keys are in the filter; a sort must follow on the same index."""
+    if "_id" in fields:  # the _id index answers any filter that names _id
+        return True
+    for keys in indexes:
+        lead = keys[: len(fields)]
+        if set(lead) == set(fields) and (not sort or keys[len(fields): len(fields) + len(sort)] == sort):
+            return True
+        if not sort and set(keys) <= set(fields) and keys != ("_id",):
+            return True
+    return False
+
+
+async def test_the_earn_hot_path_reads_nothing_per_earn(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    await load(mongo, live_badge("hot-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}], badgeConstraints=[
+        {"constraintType": "BADGE_FIXED_WINDOW", "durationType": "DAYS", "refreshRate": 1, "maxEarnLimit": 10**6},
+        {"constraintType": "BADGE_ROLLING_WINDOW", "rollType": "WEEKS", "rollValue": 1, "maxEarnLimit": 10**6}]))
+    shapes = Shapes()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[shapes])
+    try:
+        repos = Repositories(client[settings.mongodb_database])
+        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix),
+                              RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
+        first = await processor.process_batch(
+            [record(i, {"orgId": ORG, "requestId": f"h{i}", "badgeMetaId": "hot-b", "customerId": 1 + i // 2})
+             for i in range(300)])
+        first_reads = shapes.reads()
+        shapes.seen.clear()
+        second = await processor.process_batch(
+            [record(300 + i, {"orgId": ORG, "requestId": f"g{i}", "badgeMetaId": "hot-b", "customerId": 500 + i})
+             for i in range(300)])
+        second_reads = shapes.reads()
+    finally:
+        await client.close()
+    assert sorted({r.code for r in first}) == [200, 830]  # accepted and refused earns both ran
+    assert {r.code for r in second} == {200}
+    # Once per badge for 300 earns: its definition and claims, its counter watermark, and (its
+    # counters are not in Redis yet) the rebuild's reads of what holds its limits.
+    assert len(first_reads) <= 8, first_reads
+    assert {c for _, c, _, _ in first_reads} <= {"badges", "badge_claims", "counter_marks", "earned_badges",
+                                                 "earn_rejections", "earn_intents"}, first_reads
+    assert all(fields in (("_id",), ("_id", "orgId"), ("badgeMetaId", "orgId")) for _, _, fields, _ in first_reads)
+    assert second_reads == []  # warm: not one read for 300 more
+
+
+async def test_every_query_the_worker_issues_is_served_by_an_index_it_creates(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    await load(mongo, live_badge("shape-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}], badgeConstraints=[
+        {"constraintType": "BADGE_FIXED_WINDOW", "durationType": "DAYS", "refreshRate": 1, "maxEarnLimit": 10**6}]),
+        live_badge("shape-i", earnType="ISSUE_EARN", issuedBadgeExpiry={"expiryType": "NEVER"}))
+    shapes = Shapes()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[shapes])
+    try:
+        repos = Repositories(client[settings.mongodb_database])
+        store = RedisStore(redis_client, settings.redis_key_prefix)
+        cache = RequestCache(redis_client, settings.redis_key_prefix)
+        processor = Processor(repos, store, cache, badge_cache_ttl=0.0)
+        bodies: list[dict[str, Any]] = []
+        for c in range(20):
+            bodies += [{"orgId": ORG, "requestId": f"e{c}a", "badgeMetaId": "shape-b", "customerId": 700 + c},
+                       {"orgId": ORG, "requestId": f"e{c}b", "badgeMetaId": "shape-b", "customerId": 700 + c},
+                       {"type": "issue", "orgId": ORG, "requestId": f"i{c}", "badgeMetaId": "shape-i",
+                        "customerId": 700 + c},
+                       {"type": "earn", "orgId": ORG, "requestId": f"ie{c}", "badgeMetaId": "shape-i",
+                        "customerId": 700 + c}]
+        bodies += [{"type": "claim", "orgId": ORG, "requestId": "cl1", "badgeMetaId": "shape-b",
+                    "ownerType": "LOYALTY", "referenceId": "prog-1"}]
+        batch = [record(i, b) for i, b in enumerate(bodies)]
+        first = await processor.process_batch(batch)
+        earned = [r.outcome["data"]["earnedBadgeId"] for r in first
+                  if r.ok and r.outcome["data"] and "earnedBadgeId" in r.outcome["data"]]
+        more = [{"type": "revokeEarn", "orgId": ORG, "requestId": "re1", "badgeMetaId": "shape-b",
+                 "customerId": 700, "earnedBadgeId": earned[0]},
+                {"type": "revokeIssue", "orgId": ORG, "requestId": "ri1", "badgeMetaId": "shape-i",
+                 "customerId": 701}]
+        await processor.process_batch([record(100 + i, b) for i, b in enumerate(more)])
+        # Redis lost everything: the batch comes again (the ledger and resume reads), then the
+        # counters are rebuilt from MongoDB (held earns, rejections, intents)
+        keys = [k async for k in redis_client.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000)]
+        await redis_client.delete(*keys)
+        await processor.process_batch(batch)
+        await processor.process_batch([record(200, {"orgId": ORG, "requestId": "late", "badgeMetaId": "shape-b",
+                                                    "customerId": 999})])
+        await counters.check_badge(store, repos, ORG, "shape-b")
+        await repos.badge_ids(ORG)
+    finally:
+        await client.close()
+    indexes = await indexes_of(mongo)
+    assert shapes.seen, "nothing was recorded"
+    collections = {c for _, c, _, _ in shapes.seen}
+    assert {"badges", "earned_badges", "earn_intents", "requests"} <= collections, collections
+    unserved = sorted({(name, coll, fields, sort) for name, coll, fields, sort in shapes.seen
+                       if not served(fields, sort, indexes.get(coll, []))})
+    assert unserved == [], f"queries without an index: {unserved}; indexes: {indexes}"
