@@ -111,8 +111,13 @@ class Collector:
         """First outcome of each coordinate; raises TimeoutError naming how many are missing."""
         wanted = set(coords)
         deadline = time.monotonic() + timeout
+        seen: dict[Coord, Outcome] = {}
+        checked = 0  # outcomes before this index are in `seen` already (one pass, not one per poll)
         while True:
-            seen = {o.input: o for o in reversed(self.outcomes) if o.input in wanted}
+            for o in self.outcomes[checked:]:
+                if o.input in wanted and o.input not in seen:
+                    seen[o.input] = o
+            checked = len(self.outcomes)
             if len(seen) == len(wanted):
                 self._cursor = len(self.outcomes)
                 return seen
