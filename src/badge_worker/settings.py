@@ -33,9 +33,10 @@ class Settings(BaseSettings):
     batch_max_records: int = 2000
     fetch_timeout_ms: int = 200
     fetch_max_wait_ms: int = 50  # broker-side wait for new records: the floor of the latency
-    # entities processed at once within a partition batch: all of a batch, so that its
-    # writes go out together (256 cut a batch of 1,200 earns into waves of one round trip each)
-    concurrency: int = 2000
+    # entities processed at once, all partitions together: a few whole batches, so that a
+    # batch's writes go out together (256 cut a batch of 1,200 earns into waves of one round
+    # trip each) and memory stays bounded
+    concurrency: int = 4000
     redis_max_connections: int = 64
     max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ
     backoff_initial_s: float = 0.5

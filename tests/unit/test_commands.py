@@ -377,3 +377,22 @@ def test_any_json_object_decodes_to_a_command_or_a_rejection_that_publishes(
        stream=st.sampled_from(list(Stream)))
 def test_any_bytes_decode_without_raising_and_publish(raw: bytes, stream: Stream) -> None:
     assert_publishable(decode(raw, stream))
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"orgId": -9223372036854775809, "requestId": "r", "badgeMetaId": "b", "customerId": 1}',
+    b'{"orgId": 1, "requestId": "r", "badgeMetaId": "b", "customerId": 123456789012345678901234567890}',
+    b'{"orgId": 1, "requestId": 123456789012345678901234567890, "badgeMetaId": "b", "customerId": 1}',
+    b'{"orgId": 1, "requestId": "r", "badgeMetaId": "b", "customerId": 9223372036854775807}',
+])
+def test_long_numbers_decode_as_exactly_as_the_stdlib_reads_them(raw: bytes) -> None:
+    """orjson reads integers beyond 64 bits as floats; the decoder must not (a customerId or
+    orgId rounded to a float would land on another customer)."""
+    got = decode(raw, Stream.EARNS)
+    expected = decode_body(json.loads(raw), Stream.EARNS)
+    assert type(got) is type(expected)
+    if isinstance(got, Undecodable):
+        assert isinstance(expected, Undecodable) and got.rejection == expected.rejection
+    else:
+        assert isinstance(expected, Command)
+        assert (got.orgId, got.customerId, got.requestId) == (expected.orgId, expected.customerId, expected.requestId)

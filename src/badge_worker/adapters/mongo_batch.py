@@ -57,6 +57,7 @@ class WriteBatcher:
         self.max_batch, self.retries = max_batch, retries
         self._queue: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None  # the batch being written
         self.cancel_wait = 3.0  # seconds a cancelled caller waits for its write in flight
         self.lock = asyncio.Lock()  # also taken by the rare writes that bypass the queue
 
@@ -103,25 +104,33 @@ class WriteBatcher:
         for op in ops:
             if not op.done.done():
                 op.done.cancel()
-        flusher = self._flusher
-        if sent and flusher is not None and not flusher.done():
+        inflight = self._inflight
+        if sent and inflight is not None and not inflight.done():
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(flusher), self.cancel_wait)
+                await asyncio.wait_for(asyncio.shield(inflight), self.cancel_wait)
 
     async def _flush_all(self) -> None:
         await asyncio.sleep(0)  # let the commands running in this tick queue their writes too
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            async with self.lock:
-                inserts: dict[str, list[_Op]] = {}
-                for op in batch:
-                    if op.doc is not None:
-                        inserts.setdefault(op.collection.name, []).append(op)
-                for ops in inserts.values():
-                    await self._with_retries(self._insert_many, ops)
-                for op in batch:
-                    if op.doc is None:
-                        await self._with_retries(self._update_one, [op])
+            self._inflight = asyncio.get_running_loop().create_future()
+            try:
+                await self._flush(batch)
+            finally:
+                self._inflight.set_result(None)
+
+    async def _flush(self, batch: list[_Op]) -> None:
+        async with self.lock:
+            batch = [op for op in batch if not op.done.done()]  # callers cancelled meanwhile
+            inserts: dict[str, list[_Op]] = {}
+            for op in batch:
+                if op.doc is not None:
+                    inserts.setdefault(op.collection.name, []).append(op)
+            for ops in inserts.values():
+                await self._with_retries(self._insert_many, ops)
+            for op in batch:
+                if op.doc is None:
+                    await self._with_retries(self._update_one, [op])
 
     async def _with_retries(self, write: Any, ops: list[_Op]) -> None:
         pending = ops

@@ -38,6 +38,8 @@ class ScriptBatcher:
         self.client, self.max_batch = client, max_batch
         self._queue: list[_Call] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None  # the batch being sent
+        self.cancel_wait = 3.0  # seconds a cancelled caller waits for its call in flight
 
     async def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
         call = _Call(script, keys, args)
@@ -47,7 +49,14 @@ class ScriptBatcher:
         try:
             return await call.done  # cancelled with its caller; the flusher then leaves it alone
         except asyncio.CancelledError:
-            self._queue = [c for c in self._queue if c is not call]  # not sent: never will be
+            queued = len(self._queue)
+            self._queue = [c for c in self._queue if c is not call]  # not taken: never sent
+            inflight = self._inflight
+            if len(self._queue) == queued and inflight is not None and not inflight.done():
+                # taken into the batch in flight: it may still run, so wait for that (briefly),
+                # so that nothing of a revoked batch runs after the revoke
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(inflight), self.cancel_wait)
             raise
 
     async def _flush_all(self) -> None:
@@ -64,6 +73,9 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         for attempt in range(2):
+            batch = [c for c in batch if not c.done.done()]  # callers cancelled meanwhile
+            if not batch:
+                return
             async with self.client.pipeline(transaction=False) as pipe:
                 for call in batch:
                     pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)

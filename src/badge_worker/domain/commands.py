@@ -192,9 +192,15 @@ def nesting_depth(raw: bytes) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
+_LONG_NUMBER = re.compile(r"\d{19}")
+
+
 def _loads(text: str) -> Any:
-    """orjson for speed; the stdlib for what orjson refuses and JSON allows (integers beyond
-    64 bits, escaped lone surrogates), so that such input gets the same answer as ever."""
+    """orjson for speed; the stdlib for what orjson refuses and JSON allows (escaped lone
+    surrogates, 1e400) and for any number of 19 digits or more, which orjson would turn into
+    a float beyond 64 bits: such input gets the same answer as ever."""
+    if _LONG_NUMBER.search(text) is not None:
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PrivateAttr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
 from badge_worker.domain.timeutil import TimeUnit, parse_instant
 
@@ -155,8 +154,10 @@ class Expiry(_Open):
         return self
 
 
+_DIGESTS: dict[tuple[tuple[str, type, Any], ...], str] = {}
+
+
 class Constraint(_Open):
-    _digest: str | None = PrivateAttr(default=None)
     constraintType: ConstraintType
     referenceId: str | None = None
     maxEarnLimit: int | None = None
@@ -257,17 +258,17 @@ class Constraint(_Open):
         """
         if self.referenceId:
             return self.referenceId
-        if self._digest is None:  # every earn asks; definitions are never changed in place
-            self._digest = self._shape_identity()
-        return self._digest
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Constraint:
-        copy = super().model_copy(update=update, deep=deep)
-        copy._digest = None  # the copy may have another shape
-        return copy
-
-    def _shape_identity(self) -> str:
-        return hashlib.sha1(json.dumps(self.window_shape(), sort_keys=True).encode()).hexdigest()[:12]
+        shape = self.window_shape()
+        # every earn asks: the digest of each shape once (the type is in the key: 1, 1.0 and
+        # True are equal keys but not the same JSON)
+        key = tuple((k, v.__class__, v) for k, v in shape.items())
+        digest = _DIGESTS.get(key)
+        if digest is None:
+            digest = hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+            if len(_DIGESTS) > 10_000:
+                _DIGESTS.clear()
+            _DIGESTS[key] = digest
+        return digest
 
 
 class BadgeDefinition(_Open):

@@ -70,7 +70,10 @@ async def commit_batch(producer: AIOKafkaProducer, settings: Settings, tp: Topic
 
     await bounded(producer.begin_transaction(), bounds.kafka_call, "begin transaction")
     try:
-        deliveries = await bounded(_send_all(producer, settings, results, limit), bounds.kafka_call, "send outputs")
+        # one bound for the batch's sends, growing with its size (a send waits while its
+        # partition's buffer is full): a call's bound for every 500 outputs
+        deliveries = await bounded(_send_all(producer, settings, results, limit),
+                                   bounds.kafka_call * (1 + len(results) // 500), "send outputs")
         # Every record must be in before the offsets are: aiokafka commits a transaction even
         # when one of its records was refused, which would lose that outcome.
         delivered = await bounded(asyncio.shield(asyncio.gather(*deliveries, return_exceptions=True)),

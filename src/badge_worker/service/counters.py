@@ -48,15 +48,18 @@ async def know_badge(store: RedisStore, repos: Repositories, org: int, badge: st
     if mem.known:
         return
     if mem.knowing is None:  # one read for all the commands that need it now
-        mem.knowing = asyncio.ensure_future(repos.counter_mark(org, badge))
-    try:
-        mark = await asyncio.shield(mem.knowing)
-    except BaseException:
-        if mem.knowing.done():
-            mem.knowing = None  # failed: the next caller reads again
-        raise
-    store.observe(org, badge, mark)
-    mem.known = True
+        reading = mem.knowing = asyncio.ensure_future(repos.counter_mark(org, badge))
+
+        def read(done: asyncio.Future[int]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                if mem.knowing is done:
+                    mem.knowing = None  # failed: the next caller reads again
+            else:
+                store.observe(org, badge, done.result())
+                mem.known = True
+
+        reading.add_done_callback(read)
+    await asyncio.shield(mem.knowing)
 
 
 async def mark_badge(store: RedisStore, repos: Repositories, org: int, badge: str) -> None:

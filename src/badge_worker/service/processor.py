@@ -91,7 +91,7 @@ class Processor:
         self.repos, self.store = repos, store
         self.requests = requests or RequestCache(store.client, store.prefix)
         self.badges = BadgeCache(repos, badge_cache_ttl)
-        self.max_attempts, self.concurrency = max_attempts, concurrency
+        self.max_attempts = max_attempts
         self._slots = asyncio.Semaphore(concurrency)
         self._rebuilds: dict[tuple[int, str], asyncio.Future[None]] = {}
 
@@ -124,17 +124,12 @@ class Processor:
         results: list[Result | None] = [None] * len(records)
 
         async def run_group(indexes: list[int]) -> None:
-            for i in indexes:
-                results[i] = await self._handle_with_retries(records[i], decoded[i], claims.get(i), resume,
-                                                             entries.get(i))
+            async with self._slots:  # shared by the batches of every partition
+                for i in indexes:
+                    results[i] = await self._handle_with_retries(records[i], decoded[i], claims.get(i), resume,
+                                                                 entries.get(i))
 
-        async def run_group_in_slot(indexes: list[int]) -> None:
-            async with self._slots:
-                await run_group(indexes)
-
-        # the semaphore only when there are more groups than slots: else it only costs
-        runner = run_group_in_slot if len(groups) > self.concurrency else run_group
-        tasks = [asyncio.create_task(runner(ix)) for ix in groups.values()]
+        tasks = [asyncio.create_task(run_group(ix)) for ix in groups.values()]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:

@@ -316,7 +316,10 @@ class Worker:
             chunk = raw[start:start + size]
             await self._process_partition(part, chunk)
             done = part.start_offset is not None and part.start_offset > chunk[-1].offset
-            if not done or part.fenced or part.retired or part.resume_at:
+            if not done or part.fenced or part.retired or part.resume_at or self.stopping.is_set():
+                if done and start + size < len(raw):  # stopping: the rest is fetched again later
+                    with contextlib.suppress(Exception):
+                        self.consumer.seek(part.tp, raw[start + size].offset)  # type: ignore[union-attr]
                 return
 
     async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
