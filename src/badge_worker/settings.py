@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # trip each) and memory stays bounded
     concurrency: int = 4000
     redis_max_connections: int = 64
+    # a MongoDB request the server never answers becomes a retryable NetworkTimeout after this
+    mongodb_socket_timeout_ms: int = 30_000
     max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0

@@ -114,9 +114,11 @@ class Processor:
             (decoded[i].orgId, decoded[i].requestId, records[i].origin, decoded[i].type.value)  # type: ignore[misc, union-attr]
             for i in fresh])
         entries = {i: e for i, e in zip(fresh, inserted, strict=True) if e is not None}
-        unsure = [(decoded[i].orgId, decoded[i].requestId) for i in asking
+        unsure = [i for i in asking
                   if claims[i].resuming or claims[i].first_origin is not None or (i in fresh and i not in entries)]
-        resume = await self.repos.prefetch_resume(unsure) if unsure else None  # type: ignore[arg-type]
+        resume = await self.repos.prefetch_resume(
+            [(decoded[i].orgId, decoded[i].requestId) for i in unsure],  # type: ignore[misc]
+            {decoded[i].type.value for i in unsure}) if unsure else None  # type: ignore[union-attr]
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(decoded):
             key = item.entity_key if isinstance(item, Command) else ("undecodable", i)

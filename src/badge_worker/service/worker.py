@@ -82,8 +82,8 @@ class Worker:
                  mongodb=redact(s.mongodb_uri), database=s.mongodb_database, group=s.consumer_group,
                  group_instance_id=s.group_instance_id)
         # socketTimeoutMS: a request the server never answers becomes a retryable NetworkTimeout
-        self.mongo = AsyncMongoClient(s.mongodb_uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=30_000,
-                                      tz_aware=False)
+        self.mongo = AsyncMongoClient(s.mongodb_uri, serverSelectionTimeoutMS=5000,
+                                      socketTimeoutMS=s.mongodb_socket_timeout_ms, tz_aware=False)
         self.repos = Repositories(self.mongo[s.mongodb_database])
         # A blocking pool: when every connection is busy, callers wait (backpressure) instead of failing.
         pool = BlockingConnectionPool.from_url(s.redis_url, max_connections=s.redis_max_connections, timeout=30,
