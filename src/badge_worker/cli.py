@@ -1,4 +1,5 @@
-"""badge-worker run | badges load FILE... | dlq replay | counters check|rebuild | demo"""
+"""badge-worker run | api | badges load FILE... | keys create|list|revoke | customers load FILE |
+dlq replay | counters check|rebuild | demo"""
 
 from __future__ import annotations
 
@@ -48,6 +49,51 @@ async def load_badges(settings: Settings, paths: list[Path]) -> int:
     return await store_badges(settings, load_badge_files(paths))
 
 
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from badge_worker.api.keys import ApiKeys
+
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_uri)  # type: ignore[type-arg]
+    try:
+        keys = ApiKeys(client[settings.mongodb_database])
+        if args.action == "create":
+            await keys.ensure_indexes()
+            key, token = await keys.create(args.org, args.name)
+            print(json.dumps({"keyId": key.key_id, "orgId": key.org, "name": key.name, "key": token}))
+            print("store the key now: it is not shown again", file=sys.stderr)
+            return 0
+        if args.action == "list":
+            for item in await keys.list(args.org):
+                print(json.dumps(item.public()))
+            return 0
+        revoked = await keys.revoke(args.key_id)
+        if revoked is None:
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
+        print(json.dumps(revoked.public()))
+        return 0
+    finally:
+        await client.close()
+
+
+async def _load_customers(settings: Settings, path: Path) -> int:
+    from badge_worker.api.customers import CustomerRegistry, RegistryError, read_file
+
+    try:
+        records = list(read_file(path.read_text(encoding="utf-8")))  # noqa: ASYNC240 - a CLI, before any I/O
+    except (OSError, ValueError, RegistryError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_uri)  # type: ignore[type-arg]
+    try:
+        report = await CustomerRegistry(client[settings.mongodb_database]).load(records)
+    finally:
+        await client.close()
+    for problem in report.rejected:
+        print(problem, file=sys.stderr)
+    print(f"loaded {report.loaded}, unchanged {report.unchanged}, rejected {len(report.rejected)}")
+    return 1 if report.rejected else 0
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -76,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         counter_cmd = counters.add_parser(action, help=text)
         counter_cmd.add_argument("--badge", help="only this badgeMetaId")
         counter_cmd.add_argument("--org", type=int, help="only badges of this orgId")
+    sub.add_parser("api", help="serve the read API (CONTRACT.md section 6) on API_HOST:API_PORT until SIGTERM")
+    keys = sub.add_parser("keys", help="per-org API keys of the read API").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key for an org; the key is printed once, only a hash is kept")
+    create.add_argument("--org", type=int, required=True)
+    create.add_argument("--name", default="", help="what the key is for")
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--org", type=int)
+    revoke = keys.add_parser("revoke", help="revoke a key by its key id")
+    revoke.add_argument("key_id")
+    customers = sub.add_parser("customers", help="the customer registry (X-CAP-CUSTOMER-IDENTIFIER)"
+                               ).add_subparsers(dest="action", required=True)
+    customers_load = customers.add_parser("load", help="upsert customers from JSON lines or a JSON list")
+    customers_load.add_argument("file", type=Path)
     demo = sub.add_parser("demo", help="the main job: seed badges, sample commands, worker, outcome table")
     demo.add_argument("--seeds", type=Path, default=None, help="vendor API pages folder (default: packaged badges)")
     args = parser.parse_args(argv)
@@ -92,6 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         count = asyncio.run(load_badges(settings, args.files))
         print(f"loaded {count} badge definition(s) into {settings.mongodb_database}.badges")
         return 0
+    if args.command == "api":
+        from badge_worker.api.server import serve
+
+        serve(settings)
+        return 0
+    if args.command == "keys":
+        return asyncio.run(_keys(settings, args))
+    if args.command == "customers":
+        return asyncio.run(_load_customers(settings, args.file))
     if args.command == "dlq":
         from badge_worker.service.replay import ReplayConflict, ReplayFilter, replay_dlq
 

@@ -60,6 +60,9 @@ REJECTIONS = "earn_rejections"  # an intent whose earn was refused (same _id as 
 COUNTER_MARKS = "counter_marks"  # per badge (_id "org:badge"): the highest counter seq seen (watermark)
 SETTINGS = "settings"  # process-wide values shared by workers and operator tools
 REPLAY_KEY_ID = "replay-signing-key"
+API_KEYS = "api_keys"  # one per key of the read API (_id = key id); only a hash of the secret (api/keys.py)
+CUSTOMERS = "customers"  # the customer registry (_id "org:customerId"), for X-CAP-CUSTOMER-IDENTIFIER
+CUSTOMER_IDENTIFIERS = "customer_identifiers"  # _id "org|type|value" -> customerId, unique per org
 DLQ_REPLAYS = "dlq_replays"  # one mark per DLQ record `dlq replay` re-published (service/replay.py)
 
 # Kafka headers written on outcomes, DLQ records and replays

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     topic_results: str = "badges.results"
     topic_errors: str = "badges.errors"
     topic_dlq: str = "badges.dlq"
+    topic_events: str = "badges.events"  # CONTRACT.md section 7: one notification per successful earn/issue/revoke
+    # section 6: the read API (`badge-worker api`)
+    api_host: str = "0.0.0.0"
+    api_port: int = 8000
+    api_key_cache_ttl_s: float = 5.0  # a revoked key is refused by every API process within this
+    api_shutdown_grace_s: float = 10.0  # SIGTERM: requests in flight may finish within this
 
     # the worker's own knobs
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -62,7 +68,7 @@ class Settings(BaseSettings):
     replay_signing_key: str | None = None  # else a random key kept in MongoDB (replay_marks.py)
 
     def output_topics(self) -> list[str]:
-        return [self.topic_results, self.topic_errors, self.topic_dlq]
+        return [self.topic_results, self.topic_errors, self.topic_dlq, self.topic_events]
 
     def input_topics(self) -> list[str]:
         return [self.topic_claims, self.topic_earns]

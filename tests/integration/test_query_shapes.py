@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from badge_worker.adapters.mongo import Repositories
@@ -25,68 +24,12 @@ from badge_worker.service.messages import InputRecord
 from badge_worker.service.processor import Processor
 from badge_worker.settings import Settings
 from tests.integration.helpers import ORG, live_badge, load
-
-READS = ("find", "aggregate", "count", "distinct")
-WRITES_WITH_FILTER = ("update", "delete", "findAndModify")
-
-
-@dataclass
-class Shapes(monitoring.CommandListener):
-    """Each read or filtered write: (command, collection, filter fields, sort fields)."""
-
-    seen: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = field(default_factory=list)
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        cmd = event.command
-        name = event.command_name
-        if name in READS:
-            self.seen.append((name, str(cmd[name]), _fields(cmd.get("filter") or cmd.get("query") or {}),
-                              tuple(cmd.get("sort") or ())))
-        elif name in WRITES_WITH_FILTER:
-            statements = cmd.get("updates") or cmd.get("deletes") or [cmd]
-            for statement in statements:
-                self.seen.append((name, str(cmd[name]), _fields(statement.get("q") or statement.get("query") or {}),
-                                  ()))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-    def reads(self) -> list[tuple[str, str, tuple[str, ...], tuple[str, ...]]]:
-        return [s for s in self.seen if s[0] in READS]
-
-
-def _fields(flt: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(sorted(k for k in flt if not k.startswith("$")))
+from tests.integration.shapes import Shapes, indexes_of, served
 
 
 def record(offset: int, body: dict[str, Any]) -> InputRecord:
     return InputRecord("t.earns", 0, offset, None, json.dumps(body).encode(), (), int(time.time() * 1000),
                        Stream.EARNS)
-
-
-async def indexes_of(repos: Repositories) -> dict[str, list[tuple[str, ...]]]:
-    found: dict[str, list[tuple[str, ...]]] = {}
-    for name in await repos.db.list_collection_names():
-        async for ix in await repos.db[name].list_indexes():
-            found.setdefault(name, []).append(tuple(ix["key"].keys()))
-    return found
-
-
-def served(fields: tuple[str, ...], sort: tuple[str, ...], indexes: list[tuple[str, ...]]) -> bool:
-    """An index answers the query when the filter's fields are a leading part of its keys (in
-    any order), or all of its keys are in the filter; a sort must follow on the same index."""
-    if "_id" in fields:  # the _id index answers any filter that names _id
-        return True
-    for keys in indexes:
-        lead = keys[: len(fields)]
-        if set(lead) == set(fields) and (not sort or keys[len(fields): len(fields) + len(sort)] == sort):
-            return True
-        if not sort and set(keys) <= set(fields) and keys != ("_id",):
-            return True
-    return False
 
 
 async def test_the_earn_hot_path_reads_nothing_per_earn(

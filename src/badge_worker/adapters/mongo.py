@@ -114,18 +114,24 @@ class Repositories:
         org_request = IndexModel([("orgId", ASCENDING), ("requestId", ASCENDING)], unique=True, name="org_request")
         org_customer_badge = IndexModel([("orgId", ASCENDING), ("customerId", ASCENDING),
                                          ("badgeMetaId", ASCENDING)], name="org_customer_badge")
+        # the read API's statistics: active and expired counts per badge (api/)
+        status_expiry = IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("status", ASCENDING),
+                                    ("expiresOn", ASCENDING)], name="org_badge_status_expiry")
         wanted = {
             self.requests: [org_request],
             self.issues: [org_request, org_customer_badge,
-                          IndexModel([("orgId", ASCENDING), ("revokedBy", ASCENDING)], name="org_revoked_by")],
+                          IndexModel([("orgId", ASCENDING), ("revokedBy", ASCENDING)], name="org_revoked_by"),
+                          status_expiry],
             self.intents: [org_request, IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING),
                                                     ("status", ASCENDING)], name="org_badge_status")],
             self.earned: [
                 org_request, org_customer_badge,
                 IndexModel([("orgId", ASCENDING), ("customerId", ASCENDING), ("badgeGroupId", ASCENDING)],
                            name="org_customer_group"),
-                IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("status", ASCENDING)],
-                           name="org_badge_status"),
+                # the rebuild's held earns, and the read API's counts per cycle (eventDate)
+                IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("status", ASCENDING),
+                            ("eventDate", ASCENDING)], name="org_badge_status_date"),
+                status_expiry,
             ],
             self.rejections: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING)], name="org_badge"),
                               # a redelivered batch looks its requestIds up (prefetch_resume)

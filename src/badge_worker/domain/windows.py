@@ -80,6 +80,22 @@ def week_anchor(anchor: float, start_day: str | None) -> float:
     return midnight - ((dt.weekday() - wanted) % 7) * DAY
 
 
+def cycle_anchor(badge: BadgeDefinition, constraint: Constraint) -> float:
+    """Where a fixed-window constraint's cycles are anchored: its startDate, else the badge's
+    startOn (else the epoch); weekly cycles move back to their named weekday."""
+    anchor = constraint.startDate if constraint.startDate is not None else badge.startOn
+    anchor = 0.0 if anchor is None else anchor
+    if constraint.durationType is TimeUnit.WEEKS:
+        anchor = week_anchor(anchor, constraint.startDayOfTheWeek)
+    return anchor
+
+
+def constraint_cycle(badge: BadgeDefinition, constraint: Constraint, t: float) -> tuple[float, float]:
+    """The cycle [start, end) of a fixed-window constraint that holds instant t."""
+    assert constraint.durationType is not None
+    return fixed_cycle(cycle_anchor(badge, constraint), constraint.refreshRate or 1, constraint.durationType, t)
+
+
 def rolling_window(t: float, unit: TimeUnit, value: int) -> tuple[float, float]:
     """The rolling window (lo, hi] = (t - value units, t]."""
     return add_units(t, unit, -value), t
@@ -126,13 +142,8 @@ def limit_checks(badge: BadgeDefinition, customer_id: int, t: float) -> list[Lim
             checks.append(LimitCheck(scope, ctype, cid, constraint.maxEarnLimit,
                                      CheckKind.COUNTER, f"{base}:life"))
         elif ctype.value.endswith("_FIXED_WINDOW"):
-            assert constraint.maxEarnLimit is not None and constraint.durationType is not None
-            unit = constraint.durationType
-            anchor = constraint.startDate if constraint.startDate is not None else badge.startOn
-            anchor = 0.0 if anchor is None else anchor
-            if unit is TimeUnit.WEEKS:
-                anchor = week_anchor(anchor, constraint.startDayOfTheWeek)
-            start, end = fixed_cycle(anchor, constraint.refreshRate or 1, unit, t)
+            assert constraint.maxEarnLimit is not None
+            start, end = constraint_cycle(badge, constraint, t)
             checks.append(LimitCheck(scope, ctype, cid, constraint.maxEarnLimit, CheckKind.COUNTER,
                                      f"{base}:w:{round(start * 1000)}", start, end))
         else:

@@ -1,0 +1,1 @@
+"""The read side: `badge-worker api` (CONTRACT.md section 6)."""
