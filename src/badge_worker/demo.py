@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from badge_worker.cli import store_badges
 from badge_worker.client import Collector, Coord, Publisher
 from badge_worker.domain.models import BadgeDefinition
+from badge_worker.domain.timeutil import iso
 from badge_worker.seedpages import badge_examples, default_seeds_dir, packaged_badges
 from badge_worker.service.worker import Worker
 from badge_worker.settings import Settings
@@ -177,4 +179,61 @@ async def run_demo(settings: Settings, seeds: Path | None) -> int:
               f"{_cell(body.get('requestId'), 14):<14} {code:>4}  {_cell(result, 46)}")
     codes = sorted({seen[coord].code for _, coord in rows})
     print(f"\n{len(rows)} commands, {len(rows)} outcomes; codes seen: {codes}")
+    await show_read_api(settings, c(4), earn_b)
     return 0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def show_read_api(settings: Settings, customer: int, badge_id: str) -> None:
+    """Start the read API, make a demo key, and print what a downstream app would fetch."""
+    import httpx
+    import uvicorn
+    from pymongo import AsyncMongoClient
+
+    from badge_worker.api.app import create_app
+    from badge_worker.api.keys import ApiKeys
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri)
+    try:
+        _, key = await ApiKeys(client[settings.mongodb_database]).create(ORG, "demo")
+    finally:
+        await client.close()
+    host = "127.0.0.1"
+    port = settings.api_port
+    try:
+        with socket.socket() as probe:
+            probe.bind((host, port))
+    except OSError:  # API_PORT is taken (or 0): any free port
+        port = _free_port(host)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=host, port=port, log_config=None,
+                                           access_log=False, lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.05)
+        url = f"http://{host}:{port}"
+        print(f"\nread API on {url} (key {key[:16]}…, org {ORG}); GET with Authorization: Bearer <key>")
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            for kind in ("EARNED", "AVAILABLE"):
+                path = f"/v1/badges/customer/{customer}?badgeType={kind}&sortOn=RANK"
+                body = (await http.get(path)).json()
+                listed = [f"{b['badgeMetaId']} ({b['name']}, earnedCount={b['earnedCount']}, "
+                          f"lastEarnedOnDate={b['lastEarnedOnDate']})" for b in body["data"]["badges"]]
+                print(f"  GET {path}\n    {len(listed)} badge(s): " + ("; ".join(listed) or "none"))
+            path = f"/v1/badges/badgeMeta/{badge_id}?includeStatistics=true"
+            data = (await http.get(path)).json()["data"]
+            cycles = [f"{c['constraintType']} cycle {iso(c['currentCycle']['startDate'])} .. "
+                      f"{iso(c['currentCycle']['endDate'])} ({c['cycleStatus']})"
+                      for c in data["customerConstraints"] + data["badgeConstraints"] if "currentCycle" in c]
+            print(f"  GET {path}\n    status={data['status']} issuedCount={data['issuedCount']} "
+                  f"earnedCount={data['earnedCount']}; " + "; ".join(cycles))
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)

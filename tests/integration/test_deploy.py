@@ -15,7 +15,7 @@ from badge_worker.settings import Settings
 from tests.conftest import REPO, STACK, Servers
 
 CONTRACT_ENV = ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "MONGODB_URI", "MONGODB_DATABASE", "CONSUMER_GROUP",
-                "TOPIC_CLAIMS", "TOPIC_EARNS", "TOPIC_RESULTS", "TOPIC_ERRORS", "TOPIC_DLQ"]
+                "TOPIC_CLAIMS", "TOPIC_EARNS", "TOPIC_RESULTS", "TOPIC_ERRORS", "TOPIC_DLQ", "TOPIC_EVENTS"]
 
 
 def test_compose_services_images_ports_and_env_agree_with_the_settings() -> None:
@@ -40,6 +40,11 @@ def test_compose_services_images_ports_and_env_agree_with_the_settings() -> None
     assert parsed.redis_url.startswith("redis://redis:6379") and "6379:6379" in services["redis"]["ports"]
     assert parsed.mongodb_uri == "mongodb://mongodb:27017" and "27017:27017" in services["mongodb"]["ports"]
     assert f"{parsed.http_port}:{parsed.http_port}" in services["worker"]["ports"]
+    api = services["api"]  # the read API: same store, its own port, drains on SIGTERM
+    assert api["command"] == ["api"] and api["depends_on"]["mongodb"]["condition"] == "service_healthy"
+    assert api["environment"]["MONGODB_URI"] == env["MONGODB_URI"]
+    assert f"{api['environment']['API_PORT']}:{defaults.api_port}" in api["ports"]
+    assert "/readyz" in " ".join(api["healthcheck"]["test"]) and api["stop_signal"] == "SIGTERM"
     load = services["badges-load"]
     assert load["command"][:2] == ["badges", "load"] and (REPO / load["command"][2]).is_file()
 
