@@ -92,7 +92,8 @@ def settings(servers: Servers) -> Settings:
         kafka_bootstrap_servers=servers.kafka, redis_url=servers.redis, mongodb_uri=servers.mongodb,
         mongodb_database=f"t_{tag}", consumer_group=f"g-{tag}",
         topic_claims=f"t{tag}.claims", topic_earns=f"t{tag}.earns", topic_results=f"t{tag}.results",
-        topic_errors=f"t{tag}.errors", topic_dlq=f"t{tag}.dlq", redis_key_prefix=f"bw{tag}",
+        topic_errors=f"t{tag}.errors", topic_dlq=f"t{tag}.dlq", topic_events=f"t{tag}.events",
+        redis_key_prefix=f"bw{tag}",
         topic_partitions=4, http_port=0, backoff_initial_s=0.2, backoff_max_s=2.0, badge_cache_ttl_s=0.2,
     )
 

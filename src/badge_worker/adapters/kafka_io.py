@@ -209,6 +209,23 @@ def encode(outcome: dict[str, Any]) -> bytes:
 _CUT = "the outcome was too large to publish and was cut"
 
 
+def encode_event(event: dict[str, Any]) -> bytes:
+    """A notification event as UTF-8 JSON; never raises (what orjson refuses, e.g. a lone
+    surrogate echoed from a referenceId, is cleaned as in `encode`). Events are small: every id
+    in them is at most 1,024 characters."""
+    try:
+        return orjson.dumps(event)
+    except (ValueError, TypeError, RecursionError):
+        return _dumps(_clean(event, depth=0))
+
+
+def event_key(event: dict[str, Any]) -> bytes | None:
+    """CONTRACT.md section 7: events are keyed by customerId (its decimal text, as the earns
+    topic's input key), so that one customer's events stay in order on one partition."""
+    customer = (event.get("data") or {}).get("customerId")
+    return None if customer is None else str(customer).encode()
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 

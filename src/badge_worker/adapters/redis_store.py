@@ -113,6 +113,7 @@ class ReserveResult:
     cold: int = 0  # the badge's count of cold-path commits and releases (service/counters.py)
     stale: tuple[int, ...] = ()  # STALE: the checks (0-based) whose window is past the retention horizon
     clock: float = 0.0  # STALE: the counters' clock that put them past it
+    counts: tuple[int, ...] = ()  # OK: per check, its count right after this earn (this earn included)
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,8 @@ class RedisStore:
         if status == "LOCK":
             raise LockLost(badge)
         if status == "OK":
-            result = ReserveResult("OK", _text(reply[1]), seq=int(reply[2]), cold=int(reply[3]))
+            result = ReserveResult("OK", _text(reply[1]), seq=int(reply[2]), cold=int(reply[3]),
+                                   counts=tuple(int(c) for c in reply[4:]))
         elif status == "STALE":
             result = ReserveResult("STALE", seq=int(reply[1]), cold=int(reply[2]), clock=float(_text(reply[3])),
                                    stale=tuple(int(i) - 1 for i in reply[4:]))

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from badge_worker import constants as K
 from badge_worker.adapters import kafka_io
+from badge_worker.domain import events
 from badge_worker.service.messages import InputRecord, Result
 from badge_worker.service.ownership import Bounds, bounded
 from badge_worker.settings import Settings
@@ -46,10 +47,15 @@ async def _send_all(producer: AIOKafkaProducer, settings: Settings, results: lis
     deliveries: list[asyncio.Future[object]] = []
     for r in results:
         key = r.record.key
+        outcome, event = events.split(r.outcome)  # the event rides in the outcome dict, unpublished
         topic = settings.topic_results if r.ok else settings.topic_errors
-        out_key, value, headers = fit_record(key, kafka_io.encode(r.outcome), kafka_io.outcome_headers(r.record),
+        out_key, value, headers = fit_record(key, kafka_io.encode(outcome), kafka_io.outcome_headers(r.record),
                                              limit(topic))
         deliveries.append(await producer.send(topic, value, key=out_key, headers=headers))
+        if event is not None:
+            out_key, value, headers = fit_record(kafka_io.event_key(event), kafka_io.encode_event(event),
+                                                 kafka_io.outcome_headers(r.record), limit(settings.topic_events))
+            deliveries.append(await producer.send(settings.topic_events, value, key=out_key, headers=headers))
         if r.to_dlq:
             out_key, value, headers = fit_record(key, r.record.value, kafka_io.dlq_headers(r),
                                                  limit(settings.topic_dlq))

@@ -9,6 +9,7 @@ from typing import Any
 
 from badge_worker import constants as K
 from badge_worker import replay_marks
+from badge_worker.domain import events
 from badge_worker.domain.commands import Stream
 
 # A Kafka timestamp in milliseconds that every date function can handle (years 1970..9999).
@@ -101,12 +102,19 @@ class InputRecord:
 @dataclass
 class Result:
     record: InputRecord
+    # as stored and cached: the contract's outcome, plus its event under events.EVENT_KEY
+    # (service/commit.py publishes the two apart)
     outcome: dict[str, Any]
     to_dlq: bool = False
     replayed: bool = False  # the stored first outcome was sent again
     ledger: Any = None  # the ledger entry (ObjectId) to store the outcome under
     error_type: str | None = None  # a 500: the class of the exception of its last attempt
     error_reason: str | None = None  # and its message
+
+    @property
+    def event(self) -> dict[str, Any] | None:
+        """The notification event that goes out with this outcome (domain/events.py), if any."""
+        return events.split(self.outcome)[1]
 
     @property
     def ok(self) -> bool:

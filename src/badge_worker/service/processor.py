@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ from badge_worker import logs
 from badge_worker.adapters.mongo import LedgerEntry, Repositories, ResumeState, counter_refs
 from badge_worker.adapters.redis_store import CounterRef, NeedsRebuild, RedisStore, limit_docs
 from badge_worker.adapters.request_cache import RequestCache, RequestClaim
-from badge_worker.domain import rules
+from badge_worker.domain import events, rules
 from badge_worker.domain.commands import Command, CommandType, Undecodable, decode
 from badge_worker.domain.errors import ErrorCode, Rejection, reject
 from badge_worker.domain.models import BadgeDefinition, Claim
@@ -36,6 +37,14 @@ from badge_worker.service.resume import Resume
 log = structlog.get_logger("badge_worker.processor")
 
 Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A command that succeeded: its outcome's data, and its notification event (none for claims)."""
+
+    data: Doc
+    event: Doc | None = None
 
 
 class BadgeCache:
@@ -230,13 +239,14 @@ class Processor:
             CommandType.REVOKE_ISSUE: self._revoke_issue,
             CommandType.REVOKE_EARN: self._revoke_earn,
         }[cmd.type]
-        data_or_rejection = await handler(cmd, now, resume)
-        if isinstance(data_or_rejection, Rejection):
-            return envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, data_or_rejection)
-        return envelope(cmd.type.value, cmd.orgId, cmd.requestId, data_or_rejection)
+        decided = await handler(cmd, now, resume)
+        if isinstance(decided, Rejection):
+            return envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, decided)
+        # the event rides with the outcome: stored, cached and replayed with it (domain/events.py)
+        return events.attach(envelope(cmd.type.value, cmd.orgId, cmd.requestId, decided.data), decided.event)
 
     # ------------------------------------------------------------------ commands
-    async def _claim(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
+    async def _claim(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
         badge = await self.repos.get_badge(cmd.orgId, cmd.badgeMetaId)  # claims read fresh
         plan = rules.decide_claim(cmd, badge)
         if isinstance(plan, Rejection):
@@ -246,15 +256,15 @@ class Processor:
                           isActive=plan.active)
             await self.repos.set_claim(cmd.orgId, cmd.badgeMetaId, claim)
             self.badges.forget(cmd.orgId, cmd.badgeMetaId)
-        return {"badgeMetaId": cmd.badgeMetaId, "ownerType": plan.owner.ownerType.value,
-                "referenceId": plan.owner.referenceId}
+        return Accepted({"badgeMetaId": cmd.badgeMetaId, "ownerType": plan.owner.ownerType.value,
+                         "referenceId": plan.owner.referenceId})
 
-    async def _issue(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
+    async def _issue(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
         assert cmd.requestId is not None and cmd.customerId is not None
         if resume:
             done = await resume.issue()
             if done is not None:
-                return self._issue_data(cmd, done)
+                return self._issued(cmd, done, now)
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
         issues = await self.repos.active_issues(cmd.orgId, cmd.customerId, cmd.badgeMetaId)
         plan = rules.decide_issue(cmd, badge, issues, now)
@@ -265,20 +275,26 @@ class Processor:
             "issuedOn": plan.event_ts, "expiresOn": plan.expires_on, "createdAt": now,
             "triggeredBy": _owner_doc(cmd),
         })
-        return self._issue_data(cmd, doc)
+        return self._issued(cmd, doc, now)
 
     @staticmethod
-    def _issue_data(cmd: Command, doc: Doc) -> Doc:
-        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId, "issuedId": str(doc["_id"]),
+    def _issued(cmd: Command, doc: Doc, now: float) -> Accepted:
+        """From the stored issue, so that a resumed command answers the same."""
+        assert cmd.requestId is not None and cmd.customerId is not None
+        data = {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId, "issuedId": str(doc["_id"]),
                 "requestId": cmd.requestId, "expiresOn": doc.get("expiresOn"),
                 "expiresOnISO": iso(doc.get("expiresOn"))}
+        event = events.badge_issued(cmd.orgId, cmd.requestId, now, customer_id=cmd.customerId,
+                                    badge_id=cmd.badgeMetaId, issual_id=str(doc["_id"]), issued_on=doc["issuedOn"],
+                                    expires_on=doc.get("expiresOn"), triggered_by=doc.get("triggeredBy"))
+        return Accepted(data, event)
 
-    async def _earn(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
+    async def _earn(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
         assert cmd.requestId is not None and cmd.customerId is not None
         if resume:
             done = await resume.earned()
             if done is not None:  # earned before a crash (perhaps revoked since): same answer
-                return self._earn_data(cmd, done)
+                return self._earned(cmd, done, now)
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
         issues: list[rules.IssueRecord] = []
         if badge is not None and badge.earnType.value == "ISSUE_EARN":
@@ -299,6 +315,7 @@ class Processor:
             # each counter once, with when it stops mattering (docs/counters.md)
             "limits": limit_docs(plan.checks),
         }
+        counts: tuple[int, ...] = ()
         if plan.checks:  # an earn with no limit takes nothing: no intent needed
             intent = (await resume.intent() if resume else None) or \
                 await self.repos.insert_intent(cmd.orgId, cmd.requestId, body)
@@ -312,8 +329,11 @@ class Processor:
                 await self.repos.reject_intent(intent)
                 check = plan.checks[result.index]
                 return rules.limit_rejection(check, LimitUsage(result.count, result.blocking_event))
+            counts = result.counts
+        # kept with the earned badge: a resume after a crash rebuilds the same event from it
+        body["earnConstraints"] = events.earn_constraints(plan.checks, counts)
         doc = await self.repos.insert_earned(cmd.orgId, cmd.requestId, body)
-        return self._earn_data(cmd, doc)
+        return self._earned(cmd, doc, now)
 
     async def _reserve(self, cmd: Command, plan: rules.EarnPlan) -> Any:
         """Check and take the earn's limits in Redis (reserve.lua). Rebuild the badge's counters
@@ -386,32 +406,46 @@ class Processor:
         raise InfrastructureUnavailable("badge counters could not be rebuilt")
 
     @staticmethod
-    def _earn_data(cmd: Command, doc: Doc) -> Doc:
-        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
+    def _earned(cmd: Command, doc: Doc, now: float) -> Accepted:
+        """From the stored earned badge (the one written first, if two runs overlapped), so
+        that a resumed command answers the same. An earned badge stored before events existed
+        has no `earnConstraints`: its event names none."""
+        assert cmd.requestId is not None and cmd.customerId is not None
+        data = {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
                 "earnedBadgeId": str(doc["_id"]), "issuedId": doc.get("issuedId"), "requestId": cmd.requestId,
                 "expiresOn": doc.get("expiresOn"), "expiresOnISO": iso(doc.get("expiresOn"))}
+        event = events.badge_earned(cmd.orgId, cmd.requestId, now, customer_id=cmd.customerId,
+                                    badge_id=cmd.badgeMetaId, earn_id=str(doc["_id"]), earned_on=doc["eventDate"],
+                                    issued_id=doc.get("issuedId"), expires_on=doc.get("expiresOn"),
+                                    triggered_by=doc.get("triggeredBy"),
+                                    constraints=doc.get("earnConstraints") or [])
+        return Accepted(data, event)
 
-    async def _revoke_issue(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
+    async def _revoke_issue(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
         assert cmd.requestId is not None and cmd.customerId is not None
         if resume:
             done = await resume.revoked_issue_ids()
             if done:
-                return self._revoke_issue_data(cmd, done)
+                return self._revoked_issues(cmd, done, now)
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
         issues = await self.repos.active_issues(cmd.orgId, cmd.customerId, cmd.badgeMetaId)
         plan = rules.decide_revoke_issue(cmd, badge, issues)
         if isinstance(plan, Rejection):
             return plan
         await self.repos.revoke_issues(cmd.orgId, plan.issued_ids, cmd.requestId)
-        return self._revoke_issue_data(cmd, list(plan.issued_ids))
+        return self._revoked_issues(cmd, list(plan.issued_ids), now)
 
     @staticmethod
-    def _revoke_issue_data(cmd: Command, issued_ids: list[str]) -> Doc:
-        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId, "requestId": cmd.requestId,
+    def _revoked_issues(cmd: Command, issued_ids: list[str], now: float) -> Accepted:
+        assert cmd.requestId is not None and cmd.customerId is not None
+        data = {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId, "requestId": cmd.requestId,
                 "revokedIssuedIds": issued_ids}
+        event = events.badge_issue_revoked(cmd.orgId, cmd.requestId, now, customer_id=cmd.customerId,
+                                           badge_id=cmd.badgeMetaId, issual_ids=issued_ids)
+        return Accepted(data, event)
 
-    async def _revoke_earn(self, cmd: Command, now: float, resume: Resume | None) -> Doc | Rejection:
-        assert cmd.requestId is not None and cmd.earnedBadgeId is not None
+    async def _revoke_earn(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
+        assert cmd.requestId is not None and cmd.earnedBadgeId is not None and cmd.customerId is not None
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
         found = await self.repos.get_earned(cmd.orgId, cmd.earnedBadgeId)
         record, doc = found if found is not None else (None, None)
@@ -424,8 +458,11 @@ class Processor:
         assert doc is not None
         # Marked REVOKED first, so a rebuild that runs now already leaves it out.
         await self._release(cmd.orgId, cmd.badgeMetaId, doc["requestId"], limits=counter_refs(doc))
-        return {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
+        data = {"badgeMetaId": cmd.badgeMetaId, "customerId": cmd.customerId,
                 "earnedBadgeId": str(doc["_id"]), "requestId": cmd.requestId}
+        event = events.badge_earn_revoked(cmd.orgId, cmd.requestId, now, customer_id=cmd.customerId,
+                                          badge_id=cmd.badgeMetaId, earn_id=str(doc["_id"]))
+        return Accepted(data, event)
 
 
 def _owner_doc(cmd: Command) -> Doc | None:

@@ -11,8 +11,10 @@
 --   index of the counter in KEYS), limit, bound (fixed: window end; rolling: exclusive lower
 --   bound), roll (rolling: the longest length of the window, s), given count and given
 --   blocking event ('' unless the caller decided this check from MongoDB under the cold lock).
--- Returns {'REBUILD', why} | {'LOCK'} | {'OK', 'NEW'|'DUP'|'CONFIRMED', seq, cold}
+-- Returns {'REBUILD', why} | {'LOCK'} | {'OK', 'NEW'|'DUP'|'CONFIRMED', seq, cold, count...}
 --       | {'FULL', index, count, blocking, seq, cold} | {'STALE', seq, cold, clock, index...}.
+-- OK's counts: one per check, its count right after this earn, this earn included (for the
+-- earn's notification event); a DUP reads them without taking (a retry after a crash).
 local floor = tonumber(ARGV[7])
 local st, why = badge_state(KEYS[1], floor)
 if not st then return {'REBUILD', why} end
@@ -42,8 +44,40 @@ local state = nil
 if r[1] then
   if r[2] == st.gen then state = r[1] else redis.call('DEL', KEYS[2]) end  -- from before a rebuild
 end
+local n = tonumber(ARGV[11])
+local function check_arg(i)
+  local b = 11 + (i - 1) * 7
+  local c = {kind = ARGV[b + 1], ref = ARGV[b + 2], limit = tonumber(ARGV[b + 3]), bound = ARGV[b + 4],
+             roll = tonumber(ARGV[b + 5]) or 0, given = ARGV[b + 6], gblock = ARGV[b + 7]}
+  if c.kind ~= 'l' then c.ref = KEYS[tonumber(c.ref)] end
+  return c
+end
+local function stale_reply(stale)
+  local reply = {'STALE', st.seq, st.cold, tostring(clock)}
+  for _, i in ipairs(stale) do reply[#reply + 1] = i end
+  return reply
+end
+
 if state == 'held' then
-  return {'OK', 'DUP', st.seq, st.cold}
+  -- Taken already: take nothing, only read the counts (they include this earn). A window
+  -- past the retention horizon is not kept here: the caller counts it from MongoDB (STALE).
+  local reply, stale = {'OK', 'DUP', st.seq, st.cold}, {}
+  for i = 1, n do
+    local c = check_arg(i)
+    if c.given ~= '' then
+      reply[#reply + 1] = tonumber(c.given) + 1  -- given counts leave this earn out
+    elseif c.kind == 'l' then
+      reply[#reply + 1] = tonumber(redis.call('HGET', life, c.ref) or '0')
+    elseif c.kind == 'c' and tonumber(c.bound) + retention > clock then
+      reply[#reply + 1] = tonumber(redis.call('GET', c.ref) or '0')
+    elseif c.kind == 'z' and ts + retention > clock then
+      reply[#reply + 1] = redis.call('ZCOUNT', c.ref, '(' .. c.bound, ts)
+    else
+      stale[#stale + 1] = i
+    end
+  end
+  if #stale > 0 then return stale_reply(stale) end
+  return reply
 end
 -- A provisional reservation was restored from a PENDING earn by a rebuild: it is already
 -- counted in the keys it lists, so there it must fit with itself excluded, or give back.
@@ -58,13 +92,9 @@ local function release_own()
   redis.call('ZREM', index, KEYS[2])
 end
 
-local n = tonumber(ARGV[11])
 local checks, stale = {}, {}
 for i = 1, n do
-  local b = 11 + (i - 1) * 7
-  local c = {kind = ARGV[b + 1], ref = ARGV[b + 2], limit = tonumber(ARGV[b + 3]), bound = ARGV[b + 4],
-             roll = tonumber(ARGV[b + 5]) or 0, given = ARGV[b + 6], gblock = ARGV[b + 7]}
-  if c.kind ~= 'l' then c.ref = KEYS[tonumber(c.ref)] end
+  local c = check_arg(i)
   checks[i] = c
   local count, blocking = nil, false
   if c.given ~= '' then
@@ -89,6 +119,7 @@ for i = 1, n do
   end
   if count then
     if c.given == '' and own[c.kind .. '|' .. c.ref] then count = count - 1 end
+    c.count = count  -- without this earn
     -- the first check that is full decides, unless an earlier one could not be read here
     if count >= c.limit and #stale == 0 then
       if c.kind == 'z' and c.given == '' then
@@ -101,11 +132,7 @@ for i = 1, n do
     end
   end
 end
-if #stale > 0 then
-  local reply = {'STALE', st.seq, st.cold, tostring(clock)}
-  for _, i in ipairs(stale) do reply[#reply + 1] = i end
-  return reply
-end
+if #stale > 0 then return stale_reply(stale) end
 
 -- Take: each key once per earn, however many checks name it.
 local taken, seen = {}, {}
@@ -158,5 +185,6 @@ if used_cold then cold = redis.call('HINCRBY', KEYS[1], 'cold', 1) end
 local idle = tonumber(ARGV[9])
 redis.call('EXPIRE', KEYS[1], idle)
 redis.call('EXPIRE', life, idle)
-if state == 'provisional' then return {'OK', 'CONFIRMED', seq, cold} end
-return {'OK', 'NEW', seq, cold}
+local reply = {'OK', state == 'provisional' and 'CONFIRMED' or 'NEW', seq, cold}
+for _, c in ipairs(checks) do reply[#reply + 1] = c.count + 1 end  -- each took this earn, once
+return reply
