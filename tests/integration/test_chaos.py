@@ -78,7 +78,7 @@ class Plan:
                     time_limit=self.time_limit)
 
 
-PLAN = (Plan(a_customers=15_000, b_days=20, b_per_day=1_000, c_days=20, c_per_day=800, duplicates=6_000,
+PLAN = (Plan(a_customers=19_000, b_days=20, b_per_day=1_000, c_days=20, c_per_day=800, duplicates=6_000,
              revokes=2_000, kills=12, time_limit=3_000) if LONG else
         Plan(a_customers=4_000, b_days=10, b_per_day=300, c_days=10, c_per_day=250, duplicates=1_500,
              revokes=500, kills=5, time_limit=570)).scaled(SCALE)
