@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -111,7 +112,8 @@ def seed_customer_badge() -> dict[str, Any]:
 
 
 def same_shape(ours: Any, seed: Any, where: str = "data") -> list[str]:
-    """Where `ours` lacks a key of `seed`, or has another JSON type (null matches any type)."""
+    """Where `ours` lacks a key of `seed`, or has another JSON type (a null seed value matches
+    any; lists compare their first objects)."""
     problems: list[str] = []
     if isinstance(seed, dict):
         if not isinstance(ours, dict):
@@ -126,7 +128,9 @@ def same_shape(ours: Any, seed: Any, where: str = "data") -> list[str]:
             return [f"{where}: not a list"]
         if seed and ours and isinstance(seed[0], dict):
             problems += same_shape(ours[0], seed[0], f"{where}[0]")
-    elif seed is not None and ours is not None:
+    elif seed is not None and ours is None:
+        problems.append(f"{where}: null instead of {type(seed).__name__}")
+    elif seed is not None:
         number = (int, float)
         if not (isinstance(seed, number) and isinstance(ours, number)) and type(seed) is not type(ours):
             problems.append(f"{where}: {type(ours).__name__} instead of {type(seed).__name__}")
@@ -149,6 +153,17 @@ async def test_a_key_is_required_and_names_the_org(api: Api) -> None:
     listed = await api.keys.list(ORG)
     assert {k.key_id: k.active for k in listed}[key.key_id] is False
     assert all("hash" not in json.dumps(k.public()) and token not in json.dumps(k.public()) for k in listed)
+    # a caching process: the secret is compared on every hit, a wrong one evicts nothing, and a
+    # revoke made through it applies at once (elsewhere within the cache's TTL)
+    cached = ApiKeys(api.repos.db, cache_ttl=60)
+    other_key, other_token = await api.keys.create(ORG, "cached")
+    assert await cached.org_of(other_token) == ORG
+    assert await cached.org_of(other_token[:-2] + "zz") is None
+    assert await cached.org_of(other_token) == ORG
+    await api.keys.revoke(other_key.key_id)
+    assert await cached.org_of(other_token) == ORG  # another process revoked it: cached for up to 60 s
+    await cached.revoke(other_key.key_id)
+    assert await cached.org_of(other_token) is None
     stored = await api.repos.db["api_keys"].find_one({"_id": key.key_id})
     assert stored is not None and token.split("_")[2] not in json.dumps(stored, default=str)
 
@@ -189,6 +204,9 @@ async def test_badge_by_id_has_every_seed_field_and_statistics_match_the_outcome
         assert c["currentCycle"]["endDate"] - c["currentCycle"]["startDate"] == 3 * DAY
     plain = (await api.get(f"/v1/badges/badgeMeta/{badge_id}")).json()["data"]
     assert "earnedCount" not in plain and "issuedCount" not in plain
+    # cycles come with the statistics (CONTRACT.md section 6), never the loaded file's stale ones
+    assert all("currentCycle" not in c and "cycleStatus" not in c
+               for c in plain["customerConstraints"] + plain["badgeConstraints"])
     # revoked earns no longer count
     first = accepted[0].outcome["data"]
     await api.send({"type": "revokeEarn", "orgId": ORG, "requestId": "rv1", "badgeMetaId": badge_id,
@@ -248,12 +266,11 @@ async def test_customer_views_on_sixty_badges(api: Api) -> None:
     assert {b["badgeMetaId"] for b in earned} == {f"r{i:02d}" for i in range(12)} | {"capped"}
     by_id = {b["badgeMetaId"]: b for b in earned}
     assert by_id["r00"]["earnedCount"] == 2
-    assert by_id["r00"]["lastEarnedOnDate"] == round(NOW * 1000)  # its first earn is the newer one
+    assert by_id["r00"]["lastEarnedOnDate"] == int(NOW * 1000)  # its first earn (message time, whole ms)
     assert by_id["r00"]["lastEarnEventDate"] == round((NOW - 3600) * 1000)
-    assert same_shape(by_id["r01"], seed_customer_badge()) == []
     on_date = await view(badgeType="EARNED", sortOn="LAST_EARNED_ON_DATE", limit=1000)
     assert [b["lastEarnedOnDate"] for b in on_date] == sorted((b["lastEarnedOnDate"] for b in on_date), reverse=True)
-    assert on_date[0]["badgeMetaId"] in ("capped", "r00")
+    assert on_date[0]["badgeMetaId"] == "capped"  # earned at the wall clock, after every `at`
     on_event = await view(badgeType="EARNED", sortOn="LAST_EARNED_EVENT_DATE", limit=1000)
     assert [b["lastEarnEventDate"] for b in on_event] == sorted((b["lastEarnEventDate"] for b in on_event),
                                                                 reverse=True)
@@ -276,14 +293,29 @@ async def test_customer_views_on_sixty_badges(api: Api) -> None:
     assert len(first_page.json()["data"]["badges"]) == 10
     assert first_page.json()["data"]["pagination"] == {"page": 0, "size": 10, "total": 63, "totalPages": 7}
     assert {b["badgeGroupId"] for b in await view(groupId="g1", limit=1000)} == {"g1"}
+    assert len(await view(Limit=3)) == 3  # the seed spells it Limit
     # a revoked earn leaves the EARNED view
-    earned_id = by_id["capped"]
     stored = await api.repos.earned.find_one({"orgId": ORG, "requestId": "cap1"})
-    assert stored is not None and earned_id
+    assert stored is not None
     await api.send({"type": "revokeEarn", "orgId": ORG, "requestId": "rv-cap", "badgeMetaId": "capped",
                     "customerId": customer, "earnedBadgeId": str(stored["_id"])})
     assert "capped" not in {b["badgeMetaId"] for b in await view(badgeType="EARNED", limit=1000)}
     assert "capped" in {b["badgeMetaId"] for b in await view(badgeType="AVAILABLE", limit=1000)}
+
+
+async def test_a_customer_badge_has_every_field_of_the_seed(api: Api) -> None:
+    """The seed's own badge, earned: every field of the seed's entry, with its type."""
+    seed = seed_customer_badge()
+    await load(api.repos, BadgeDefinition.model_validate({
+        **seed, "orgId": ORG, "startOn": NOW - DAY, "expiresOn": NOW + DAY, "earnType": "EARN",
+        "customerConstraints": [], "badgeConstraints": [],
+        "earnedBadgeExpiry": {"expiryType": "ABSOLUTE", "type": "WITH_BADGE_META"}}))
+    assert (await api.send(earn("seed-e", seed["badgeMetaId"], 31)))[0].ok
+    response = await api.get("/v1/badges/customer/31", params={"badgeType": "EARNED"})
+    mine, = response.json()["data"]["badges"]
+    assert same_shape(mine, seed) == []
+    assert mine["expiresOn"] == NOW + DAY and mine["earnedCount"] == 1
+    assert set(response.json()) == {"data", "errors", "warnings"}
 
 
 async def test_customer_query_errors_and_identifiers(api: Api) -> None:
@@ -317,12 +349,13 @@ async def test_customer_query_errors_and_identifiers(api: Api) -> None:
     fresh = await ask("123456", None)
     assert fresh.status_code == 200 and fresh.json()["data"]["badges"] == []
     for params in ({"badgeType": "OWNED"}, {"sortOn": "NAME"}, {"limit": "0"}, {"limit": "1001"}, {"limit": "ten"},
-                   {"includeExpired": "maybe"}):
+                   {"includeExpired": "maybe"}, {"limit": "--5"}, {"limit": "9" * 5000}, {"limit": "\u0661\u0660"}):
         response = await api.get("/v1/badges/customer/77", params=params)
         assert response.status_code == 400, params
         assert response.json()["errors"][0]["code"] == 400
         assert response.json()["errors"][0]["message"].split(" ")[0] in params
-    assert (await api.get("/v1/badges/customer/abc")).status_code == 400
+    for value in ("abc", "9" * 5000, "-5", "\u0667\u0667", "99999999999999999999"):
+        assert (await api.get(f"/v1/badges/customer/{value}")).status_code == 400, value
     # the other org's key sees nothing of this org's customer
     other = await api.get("/v1/badges/customer/77", key=api.other_key, params={"badgeType": "EARNED"})
     assert other.status_code == 200 and other.json()["data"]["badges"] == []
@@ -357,6 +390,11 @@ async def test_fixed_window_details_count_each_cycle(api: Api) -> None:
     daily = {round((c["startDate"] - start) / DAY): c["earnCount"] for c in mine["fixedWindowCycles"]}
     assert daily[1] == 2 and daily[4] == 1 and sum(daily.values()) == 3 and len(daily) == 11
     assert all(c["maxEarnLimit"] == 5 for c in mine["fixedWindowCycles"])
+    # paged without walking them: ~727,000 daily and ~242,000 three-day cycles up to year 3999
+    far = datetime(3999, 12, 31, tzinfo=UTC).timestamp()
+    wide = await cycles(startDate="1900-01-01", endDate="3999-12-31", size=2)
+    assert wide["pagination"]["total"] == int((far - start) // DAY) + 1 + int((far - start) // (3 * DAY)) + 1
+    assert [c["endDate"] > far for c in wide["fixedWindowCycles"]] == [True, False]
     page = await cycles(size=5, page=1)
     assert page["pagination"] == {"page": 1, "size": 5, "total": 15, "totalPages": 3}
     newest = (await cycles(size=1))["fixedWindowCycles"][0]
@@ -369,6 +407,12 @@ async def test_fixed_window_details_count_each_cycle(api: Api) -> None:
         assert response.status_code == 400, params
     missing = await api.get("/v1/badges/badgeMeta/getFixedWindowDetails", params={"badgeMetaId": "zz"})
     assert missing.status_code == 404
+    foreign = await api.get("/v1/badges/badgeMeta/getFixedWindowDetails", key=api.other_key,
+                            params={"badgeMetaId": "fw"})
+    assert foreign.status_code == 404 and foreign.json() == missing.json()
+    for params in ({"startDate": "0001-01-01"}, {"endDate": "9999-12-31"}, {"page": "--1"}, {"size": "9" * 5000}):
+        response = await api.get("/v1/badges/badgeMeta/getFixedWindowDetails", params={"badgeMetaId": "fw", **params})
+        assert response.status_code == 400, params
 
 
 # ---------------------------------------------------------------- query shapes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import given
@@ -18,8 +19,9 @@ from badge_worker.domain.readmodel import (
     current_cycle,
     customer_capped,
     customer_view,
+    cycle_ranges,
     cycle_status,
-    cycles_between,
+    cycles_page,
     is_live,
     open_to_owners,
     sort_view,
@@ -149,19 +151,40 @@ def test_sorts() -> None:
     assert [x.badge.id for x in sort_view(items, SortOn.LAST_EARNED_EVENT_DATE)] == ["c", "b", "a", "d"]
 
 
-def test_cycles_cover_the_range_per_level() -> None:
+def test_cycle_ranges_and_pages() -> None:
     b = badge("a", startOn=T0 - 10 * DAY, customerConstraints=[
         {"constraintType": "CUSTOMER_BADGE_FIXED_WINDOW", "durationType": "DAYS", "refreshRate": 1,
          "maxEarnLimit": 1}], badgeConstraints=[
         {"constraintType": "BADGE_FIXED_WINDOW", "durationType": "MONTHS", "refreshRate": 1, "maxEarnLimit": 1,
          "startDate": T0 - 5 * DAY, "endDate": T0 - DAY},
         {"constraintType": "BADGE_NO_LIMIT"}])
-    daily = list(cycles_between(b, ConstraintLevel.CUSTOMER, None, T0))
-    assert len(daily) == 11 and daily[0].start == T0 - 10 * DAY and daily[-1].start <= T0 < daily[-1].end
-    assert all(c.end - c.start == DAY for c in daily)
-    monthly = list(cycles_between(b, ConstraintLevel.BADGE, None, T0))
-    assert len(monthly) == 1 and monthly[0].start == T0 - 5 * DAY  # it ended: nothing after its endDate
+    daily, = cycle_ranges(b, ConstraintLevel.CUSTOMER, None, T0)
+    assert daily.count == 11
+    cycles = cycles_page([daily], 0, 100)
+    assert [c.start for c in cycles] == [T0 - k * DAY for k in range(10, -1, -1)][::-1]  # newest first
+    assert cycles[0].start <= T0 < cycles[0].end and cycles[-1].start == T0 - 10 * DAY
+    monthly, = cycle_ranges(b, ConstraintLevel.BADGE, None, T0)
+    assert monthly.count == 1 and monthly.cycle(monthly.last).start == T0 - 5 * DAY  # it ended at its endDate
+    both = cycle_ranges(b, ConstraintLevel.ALL, T0 - 2.5 * DAY, T0)
     # 4 daily cycles touch [T0 - 2.5 days, T0] (the last starts at T0), and the month that ended at T0 - 1 day
-    assert len(list(cycles_between(b, ConstraintLevel.ALL, T0 - 2.5 * DAY, T0))) == 5
-    assert {c.level for c in cycles_between(b, ConstraintLevel.ALL, None, T0)} == {ConstraintLevel.CUSTOMER,
-                                                                                   ConstraintLevel.BADGE}
+    assert [r.count for r in both] == [4, 1] and [r.level for r in both] == [ConstraintLevel.CUSTOMER,
+                                                                           ConstraintLevel.BADGE]
+    pages = [cycles_page(both, p, 2) for p in range(4)]
+    assert [len(p) for p in pages] == [2, 2, 1, 0]
+    flat = [c for p in pages for c in p]
+    assert [c.level for c in flat] == [ConstraintLevel.CUSTOMER] * 4 + [ConstraintLevel.BADGE]
+    assert cycle_ranges(b, ConstraintLevel.BADGE, T0, T0)[0].count == 0  # after its endDate
+
+
+@given(st.integers(min_value=1, max_value=40), st.sampled_from(["DAYS", "WEEKS", "MONTHS"]),
+       st.floats(min_value=0, max_value=400 * DAY), st.floats(min_value=0, max_value=400 * DAY))
+def test_a_page_is_the_slice_of_all_cycles(rate: int, unit: str, a: float, b: float) -> None:
+    start, end = T0 - max(a, b), T0 - min(a, b)
+    badge_ = badge("p", startOn=T0 - 800 * DAY, badgeConstraints=[
+        {"constraintType": "BADGE_FIXED_WINDOW", "durationType": unit, "refreshRate": rate, "maxEarnLimit": 1}])
+    ranges = cycle_ranges(badge_, ConstraintLevel.ALL, start, end)
+    every = cycles_page(ranges, 0, 10**6)
+    assert len(every) == sum(r.count for r in ranges)
+    assert every[0].start <= end < every[0].end and every[-1].start <= start < every[-1].end
+    assert all(x.start == y.end for x, y in itertools.pairwise(every))  # adjacent, newest first
+    assert cycles_page(ranges, 1, 3) == every[3:6]

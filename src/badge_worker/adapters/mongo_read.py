@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
+from pydantic import ValidationError
+
 from badge_worker.adapters.mongo import Repositories, merge_claims
 from badge_worker.domain.models import BadgeDefinition
 from badge_worker.domain.readmodel import Earn
 from badge_worker.domain.rules import EarnStatus, IssueRecord
 
+log = structlog.get_logger("badge_worker.api")
 Doc = dict[str, Any]
 _EARN_FIELDS = {"_id": 0, "badgeMetaId": 1, "eventDate": 1, "earnedOn": 1, "expiresOn": 1, "status": 1}
 _ISSUE_FIELDS = {"_id": 1, "badgeMetaId": 1, "issuedOn": 1, "expiresOn": 1, "status": 1}
@@ -35,9 +39,9 @@ class ReadRepository:
         by_badge: dict[str, list[Doc]] = {}
         # in claim order, sorted here: the index (orgId, badgeMetaId, order) cannot sort by order
         # across the badges of an org
-        for claim in sorted(claims, key=lambda c: c["order"]):
-            by_badge.setdefault(str(claim["badgeMetaId"]), []).append(
-                {k: claim[k] for k in ("ownerType", "referenceId", "isActive")})
+        for claim in sorted(claims, key=lambda c: str(c.get("order", ""))):
+            by_badge.setdefault(str(claim.get("badgeMetaId")), []).append(
+                {k: claim.get(k) for k in ("ownerType", "referenceId", "isActive")})
         found = []
         for doc in docs:
             doc.pop("_id", None)
@@ -46,15 +50,28 @@ class ReadRepository:
             doc["ownership"] = ownership
             ownership["claims"] = merge_claims(by_badge.get(str(doc.get("id")), []),
                                                list(ownership.get("claims") or []))
-            found.append(BadgeDefinition.model_validate(doc))
+            try:
+                found.append(BadgeDefinition.model_validate(doc))
+            except ValidationError as exc:  # one bad definition must not break the org's views
+                log.warning("badge_definition_unreadable", orgId=org, badgeMetaId=str(doc.get("id")),
+                            reason=str(exc)[:300])
         return found
 
     async def customer_earns(self, org: int, customer: int) -> list[Earn]:
         """The customer's earned badges that still count (not revoked). By (orgId, customerId)
         only, the status checked here: the index's leading fields, and a customer's history is small."""
         cursor = self.repos.earned.find({"orgId": org, "customerId": customer}, _EARN_FIELDS)
-        return [Earn(str(d["badgeMetaId"]), float(d["eventDate"]), float(d.get("earnedOn") or d["eventDate"]),
-                     d.get("expiresOn")) async for d in cursor if d.get("status") == EarnStatus.ACTIVE]
+        found = []
+        async for d in cursor:
+            if d.get("status") != EarnStatus.ACTIVE:
+                continue
+            try:
+                event = float(d["eventDate"])
+                found.append(Earn(str(d["badgeMetaId"]), event, float(d.get("earnedOn") or event),
+                                  _number(d.get("expiresOn"))))
+            except (KeyError, TypeError, ValueError):  # not as the worker writes them: left out
+                log.warning("earned_badge_unreadable", orgId=org, customerId=customer)
+        return found
 
     async def customer_issues(self, org: int, customer: int) -> dict[str, list[IssueRecord]]:
         """The customer's issues that are not revoked, by badge id."""
@@ -62,8 +79,12 @@ class ReadRepository:
         async for d in self.repos.issues.find({"orgId": org, "customerId": customer}, _ISSUE_FIELDS):
             if d.get("status") != "ACTIVE":
                 continue
-            found.setdefault(str(d["badgeMetaId"]), []).append(
-                IssueRecord(str(d["_id"]), float(d["issuedOn"]), d.get("expiresOn"), True))
+            try:
+                record = IssueRecord(str(d["_id"]), float(d["issuedOn"]), _number(d.get("expiresOn")), True)
+            except (KeyError, TypeError, ValueError):
+                log.warning("issue_unreadable", orgId=org, customerId=customer)
+                continue
+            found.setdefault(str(d.get("badgeMetaId")), []).append(record)
         return found
 
     async def active_count(self, kind: str, org: int, badge_id: str, now: float) -> int:
@@ -86,3 +107,7 @@ class ReadRepository:
 
     async def ping(self) -> bool:
         return await self.repos.ping()
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)

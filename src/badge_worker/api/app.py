@@ -8,6 +8,7 @@ query value is a 400 with a message, never a 422 or a 500.
 # no `from __future__ import annotations`: FastAPI reads the route signatures at runtime
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -28,7 +29,15 @@ from badge_worker.api import views
 from badge_worker.api.customers import IDENTIFIER_TYPES, CustomerRegistry
 from badge_worker.api.keys import ApiKeys, parse_token
 from badge_worker.domain.models import BadgeDefinition
-from badge_worker.domain.readmodel import BadgeType, ConstraintLevel, SortOn, customer_view, cycles_between, sort_view
+from badge_worker.domain.readmodel import (
+    BadgeType,
+    ConstraintLevel,
+    SortOn,
+    customer_view,
+    cycle_ranges,
+    cycles_page,
+    sort_view,
+)
 from badge_worker.domain.timeutil import parse_instant
 from badge_worker.errors import is_infra_error
 from badge_worker.settings import Settings
@@ -36,7 +45,6 @@ from badge_worker.settings import Settings
 log = structlog.get_logger("badge_worker.api")
 Doc = dict[str, Any]
 MAX_LIMIT = 1000
-MAX_CYCLES = 100_000  # cycles one fixed-window request may walk (a daily window over 270 years)
 
 
 class ApiError(Exception):
@@ -67,11 +75,15 @@ def as_bool(name: str, value: str | None, default: bool = False) -> bool:
     return text == "true"
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits, within 64 bits: int() takes '١٢' and 5,000 digits badly
+_CUSTOMER_ID = re.compile(r"[0-9]{1,19}")
+
+
 def as_int(name: str, value: str | None, default: int, low: int, high: int) -> int:
     if value is None:
         return default
     text = value.strip()
-    if not text.lstrip("-").isdigit() or not text.isascii():
+    if not _INTEGER.fullmatch(text):
         raise bad_value(f"{name} must be an integer")
     number = int(text)
     if not low <= number <= high:
@@ -88,13 +100,19 @@ def as_enum(name: str, value: str | None, kind: Any) -> Any:
         raise bad_value(f"{name} must be one of {', '.join(k.value for k in kind)}") from None
 
 
+EARLIEST, LATEST = -2_208_988_800.0, 64_060_588_800.0  # 1900-01-01 .. 4000-01-01: cycles stay within dates
+
+
 def as_instant(name: str, value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return parse_instant(value)
+        instant = parse_instant(value)
     except ValueError:
         raise bad_value(f"{name} must be an ISO-8601 date or epoch seconds") from None
+    if not EARLIEST <= instant <= LATEST:
+        raise bad_value(f"{name} must be between 1900-01-01 and 4000-01-01")
+    return instant
 
 
 @dataclass
@@ -250,18 +268,17 @@ def create_app(settings: Settings, *, client: AsyncMongoClient[Doc] | None = Non
         badge = await api.reads.badge(org, badgeMetaId)
         if badge is None:
             raise ApiError(404, 404, "Passed badge is not found")
-        cycles = []
-        for cycle in cycles_between(badge, level, start, end):
-            cycles.append(cycle)
-            if len(cycles) > MAX_CYCLES:
-                raise bad_value(f"more than {MAX_CYCLES} cycles: narrow startDate/endDate")
-        cycles.reverse()  # newest first
-        shown = cycles[page_no * page_size:(page_no + 1) * page_size]
+        try:
+            ranges = cycle_ranges(badge, level, start, end)
+            shown = cycles_page(ranges, page_no, page_size)
+        except (ValueError, OverflowError):  # a cycle past what dates can hold
+            raise bad_value("the cycles of that range cannot be computed: narrow startDate/endDate") from None
+        total = sum(r.count for r in ranges)
         counts = await asyncio.gather(*(api.reads.cycle_count(org, badge.id, c.start, c.end, customer)
                                         for c in shown))
         return envelope({"badgeMetaId": badge.id, "customerId": customer,
                          "fixedWindowCycles": [views.cycle_body(c, n) for c, n in zip(shown, counts, strict=True)],
-                         "pagination": views.pagination(page_no, page_size, len(shown), len(cycles))})
+                         "pagination": views.pagination(page_no, page_size, len(shown), total)})
 
     @app.get("/v1/badges/badgeMeta/{badgeMetaId}", summary="Get badge by ID")
     async def badge_by_id(request: Request, org: Org, badgeMetaId: str, includeStatistics: str | None = None) -> Doc:
@@ -282,11 +299,12 @@ def create_app(settings: Settings, *, client: AsyncMongoClient[Doc] | None = Non
     async def customer_badges(request: Request, org: Org, customerId: str, badgeType: str | None = None,
                               sortOn: str | None = None, includeExpired: str | None = None,
                               limit: str | None = None, groupId: str | None = None,
+                              Limit: Annotated[str | None, Query(include_in_schema=False)] = None,
                               x_cap_customer_identifier: Annotated[str | None, Header()] = None) -> JSONResponse:
         kind = as_enum("badgeType", badgeType, BadgeType)
         sort = as_enum("sortOn", sortOn, SortOn) or SortOn.RANK
         expired = as_bool("includeExpired", includeExpired)
-        size = as_int("limit", limit, 10, 1, MAX_LIMIT)
+        size = as_int("limit", limit if limit is not None else Limit, 10, 1, MAX_LIMIT)  # the seed spells it Limit
         api = state(request)
         customer = await resolve_customer(api, org, customerId, x_cap_customer_identifier)
         now = api.clock()
@@ -312,7 +330,7 @@ async def resolve_customer(api: State, org: int, value: str, identifier: str | N
                                   "externalId or cardNumber")
     if canonical == "id":
         text = value.strip()
-        if not (text.isascii() and text.isdigit()) or int(text) > 2**63 - 1:
+        if not _CUSTOMER_ID.fullmatch(text) or int(text) > 2**63 - 1:
             raise bad_value("customerId must be a positive integer (or set X-CAP-CUSTOMER-IDENTIFIER)")
         return int(text)
     customer = await api.customers.resolve(org, canonical, value)

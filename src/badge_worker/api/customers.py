@@ -52,8 +52,8 @@ class CustomerRecord:
         except KeyError as exc:
             raise RegistryError(f"{exc.args[0]} is missing") from None
         for name, value in (("orgId", org), ("customerId", customer)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise RegistryError(f"{name} must be an integer")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                raise RegistryError(f"{name} must be an integer of 0..2^63-1")
         identifiers = {}
         for kind in IDENTIFIER_TYPES:
             value = raw.get(kind)

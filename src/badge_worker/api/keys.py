@@ -62,7 +62,7 @@ class ApiKeys:
     def __init__(self, db: AsyncDatabase[Doc], cache_ttl: float = 5.0) -> None:
         self.keys = db[K.API_KEYS]
         self.cache_ttl = cache_ttl  # a revoke takes effect within this, in every API process
-        self._cache: dict[str, tuple[float, str, int | None]] = {}  # key id -> (until, digest, org)
+        self._cache: dict[str, tuple[float, str, int]] = {}  # valid keys: key id -> (until, digest, org)
 
     async def ensure_indexes(self) -> None:
         if "org" not in {ix["name"] async for ix in await self.keys.list_indexes()}:
@@ -105,9 +105,10 @@ class ApiKeys:
         if hit is not None and hit[0] > now and hmac.compare_digest(hit[1], digest):
             return hit[2]
         doc = await self.keys.find_one({"_id": key_id})
-        org = None
-        if doc is not None and doc.get("revokedAt") is None and hmac.compare_digest(str(doc.get("hash")), digest):
-            org = int(doc["orgId"])
+        if doc is None or doc.get("revokedAt") is not None or \
+                not hmac.compare_digest(str(doc.get("hash")), digest):
+            return None  # never cached: a wrong secret must not evict the right one
+        org = int(doc["orgId"])
         if self.cache_ttl > 0:
             if len(self._cache) > 10_000:
                 self._cache.clear()

@@ -30,16 +30,16 @@ class Statistics:
     earned: int
 
 
-def _constraints(badge: BadgeDefinition, doc: Doc, now: float) -> None:
-    """Each constraint as defined (absent fields left out), fixed windows with the cycle
-    holding now and its status: computed, never the values a loaded file carried."""
+def _constraints(badge: BadgeDefinition, doc: Doc, now: float, cycles: bool) -> None:
+    """Each constraint as defined (absent fields left out); with `cycles`, fixed windows carry
+    the cycle holding now and its status: computed, never the values a loaded file carried."""
     for key, constraints in (("customerConstraints", badge.customerConstraints),
                              ("badgeConstraints", badge.badgeConstraints)):
         out = []
         for constraint in constraints:
             body = {k: v for k, v in constraint.model_dump(mode="json", by_alias=True).items()
                     if v is not None and k not in ("cycleStatus", "currentCycle")}
-            cycle = current_cycle(badge, constraint, now)
+            cycle = current_cycle(badge, constraint, now) if cycles else None
             if cycle is not None:
                 body["cycleStatus"] = cycle_status(constraint, now)
                 body["currentCycle"] = {"startDate": cycle[0], "endDate": cycle[1]}
@@ -47,13 +47,16 @@ def _constraints(badge: BadgeDefinition, doc: Doc, now: float) -> None:
         doc[key] = out
 
 
-def badge_body(badge: BadgeDefinition, now: float, statistics: Statistics | None = None) -> Doc:
-    """"Get badge by ID" data; with statistics, issuedCount and earnedCount too."""
+def badge_body(badge: BadgeDefinition, now: float, statistics: Statistics | None = None, *,
+               cycles: bool | None = None) -> Doc:
+    """"Get badge by ID" data; with statistics (CONTRACT.md section 6: includeStatistics),
+    issuedCount, earnedCount, and each fixed window's cycleStatus and currentCycle. `cycles`
+    overrides the latter (the customer view shows them, as the seed's example does)."""
     doc = {**BADGE_DEFAULTS, **badge.to_document()}
     doc.pop("issuedCount", None)
     doc.pop("earnedCount", None)
     doc["status"] = badge_status(badge, now)
-    _constraints(badge, doc, now)
+    _constraints(badge, doc, now, statistics is not None if cycles is None else cycles)
     if statistics is not None:
         doc["issuedCount"] = statistics.issued
         doc["earnedCount"] = statistics.earned
@@ -67,7 +70,7 @@ def _millis(seconds: float | None) -> float | None:
 def customer_badge(item: Listed, now: float) -> Doc:
     """One badge of "Get badges for customer": the definition, and for an earned one the
     count, the newest earn's dates (epoch milliseconds) and its expiry."""
-    definition = badge_body(item.badge, now)
+    definition = badge_body(item.badge, now, cycles=True)
     definition["badgeMetaId"] = item.badge.id
     doc = {k: definition.get(k, _LIST_DEFAULTS.get(k)) for k in CUSTOMER_BADGE_FIELDS}
     summary = item.summary

@@ -67,6 +67,9 @@ class EarnType(StrEnum):
         return cls(value.strip().upper().replace(" ", "_").replace("&", "").replace("__", "_"))
 
 
+MAX_MONTHS_RATE = 1200  # a fixed window of 100 years
+
+
 class ConstraintType(StrEnum):
     CUSTOMER_BADGE_FIXED_VALUE = "CUSTOMER_BADGE_FIXED_VALUE"
     CUSTOMER_BADGE_FIXED_WINDOW = "CUSTOMER_BADGE_FIXED_WINDOW"
@@ -199,6 +202,9 @@ class Constraint(_Open):
                 raise ValueError(f"{kind} needs durationType")
             if self.refreshRate is not None and self.refreshRate < 1:
                 raise ValueError("refreshRate must be >= 1")
+            if self.durationType is TimeUnit.MONTHS and (self.refreshRate or 1) > MAX_MONTHS_RATE:
+                # a longer cycle ends past year 9999, which no date can hold
+                raise ValueError(f"refreshRate of a MONTHS window must be <= {MAX_MONTHS_RATE}")
         if kind == "BADGE_ROLLING_WINDOW" and (self.rollType is None or not self.rollValue or self.rollValue < 1):
             raise ValueError("BADGE_ROLLING_WINDOW needs rollType and rollValue >= 1")
         if kind == "CUSTOMER_BADGE_ROLLING_WINDOW":

@@ -6,13 +6,23 @@ definitions, and asks this module which badges each view lists and with which co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from badge_worker.domain.models import BadgeDefinition, Constraint, EarnType
 from badge_worker.domain.rules import IssueRecord
-from badge_worker.domain.windows import CheckKind, LimitCheck, Scope, constraint_cycle, cycle_anchor, limit_checks
+from badge_worker.domain.windows import (
+    CheckKind,
+    LimitCheck,
+    Scope,
+    constraint_cycle,
+    cycle_anchor,
+    cycle_bounds,
+    cycle_index,
+    limit_checks,
+)
 
 
 class BadgeType(StrEnum):
@@ -103,7 +113,10 @@ def summarize(earns: Iterable[Earn]) -> dict[str, EarnSummary]:
         if seen is None:
             found[earn.badge_id] = EarnSummary(1, earn.earned_on, earn.event_date, earn.expires_on)
             continue
-        newer = earn.earned_on > seen.last_earned_on
+        # the newest by earnedOn; earns of one batch share it: then the later event, then the
+        # later expiry, so the answer does not depend on the order MongoDB returns them in
+        newer = (earn.earned_on, earn.event_date, earn.expires_on or math.inf) > \
+            (seen.last_earned_on, seen.last_event_date, seen.expires_on or math.inf)
         found[earn.badge_id] = EarnSummary(
             seen.count + 1,
             earn.earned_on if newer else seen.last_earned_on,
@@ -218,19 +231,62 @@ def fixed_window_constraints(badge: BadgeDefinition, level: ConstraintLevel
     return found
 
 
-def cycles_between(badge: BadgeDefinition, level: ConstraintLevel, start: float | None, end: float,
-                   ) -> Iterator[Cycle]:
-    """Every cycle that overlaps [start, end] of the badge's fixed windows of `level`, oldest
-    first per constraint. `start` None: from each constraint's first cycle (its anchor)."""
+@dataclass(frozen=True)
+class CycleRange:
+    """The cycles of one fixed-window constraint that a request asks for: numbers first..last
+    (see windows.cycle_index), so that a page is computed without walking the others."""
+
+    level: ConstraintLevel
+    constraint: Constraint
+    anchor: float
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return max(0, self.last - self.first + 1)
+
+    def cycle(self, k: int) -> Cycle:
+        c = self.constraint
+        assert c.durationType is not None
+        lo, hi = cycle_bounds(self.anchor, c.refreshRate or 1, c.durationType, k)
+        return Cycle(c, self.level, lo, hi)
+
+
+def cycle_ranges(badge: BadgeDefinition, level: ConstraintLevel, start: float | None, end: float
+                 ) -> list[CycleRange]:
+    """Per fixed-window constraint of `level`, the cycles that overlap [start, end] and the
+    constraint's own [startDate, endDate]. `start` None: from the constraint's first cycle."""
+    ranges = []
     for lvl, constraint in fixed_window_constraints(badge, level):
-        first = cycle_anchor(badge, constraint) if start is None else start
+        assert constraint.durationType is not None
+        anchor = cycle_anchor(badge, constraint)
+        rate, unit = constraint.refreshRate or 1, constraint.durationType
+        lo = anchor if start is None else start
         if constraint.startDate is not None:
-            first = max(first, constraint.startDate)
-        last = end if constraint.endDate is None else min(end, constraint.endDate)
-        t = first
-        while t <= last:
-            lo, hi = constraint_cycle(badge, constraint, t)
-            yield Cycle(constraint, lvl, lo, hi)
-            if hi <= t:  # pragma: no cover - cycles always move forward; a guard, not a path
-                break
-            t = hi
+            lo = max(lo, constraint.startDate)
+        hi = end if constraint.endDate is None else min(end, constraint.endDate)
+        if hi < lo:
+            ranges.append(CycleRange(lvl, constraint, anchor, 0, -1))
+        else:
+            ranges.append(CycleRange(lvl, constraint, anchor, cycle_index(anchor, rate, unit, lo),
+                                     cycle_index(anchor, rate, unit, hi)))
+    return ranges
+
+
+def cycles_page(ranges: Sequence[CycleRange], page: int, size: int) -> list[Cycle]:
+    """Page `page` (from 0) of `size` cycles: constraint after constraint, newest cycle first
+    within each. Costs the page's size, however many cycles the ranges hold."""
+    skip = page * size
+    found: list[Cycle] = []
+    for r in ranges:
+        if skip >= r.count:
+            skip -= r.count
+            continue
+        k, skip = r.last - skip, 0
+        while k >= r.first and len(found) < size:
+            found.append(r.cycle(k))
+            k -= 1
+        if len(found) == size:
+            break
+    return found

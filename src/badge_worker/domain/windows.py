@@ -48,26 +48,39 @@ def _months_between(anchor: float, t: float) -> int:
     return (b.year - a.year) * 12 + (b.month - a.month)
 
 
-def fixed_cycle(anchor: float, rate: int, unit: TimeUnit, t: float) -> tuple[float, float]:
-    """The cycle [start, end) of `rate` x `unit` anchored at `anchor` that holds instant t."""
+def cycle_index(anchor: float, rate: int, unit: TimeUnit, t: float) -> int:
+    """Which cycle of `rate` x `unit` anchored at `anchor` holds instant t (0: the one that
+    starts at the anchor; negative before it)."""
     if rate < 1:
         raise ValueError("refreshRate must be >= 1")
     if unit is not TimeUnit.MONTHS:
         period = rate * (DAY if unit is TimeUnit.DAYS else 7 * DAY)
         k = math.floor((t - anchor) / period)
-        start = anchor + k * period
         # Float rounding can put t a hair outside [start, start + period).
-        if t < start:
+        if t < anchor + k * period:
             k -= 1
         elif t >= anchor + (k + 1) * period:
             k += 1
-        return anchor + k * period, anchor + (k + 1) * period
+        return k
     k = _months_between(anchor, t) // rate
     while add_months(anchor, k * rate) > t:
         k -= 1
     while add_months(anchor, (k + 1) * rate) <= t:
         k += 1
+    return k
+
+
+def cycle_bounds(anchor: float, rate: int, unit: TimeUnit, k: int) -> tuple[float, float]:
+    """Cycle number k [start, end) (see cycle_index)."""
+    if unit is not TimeUnit.MONTHS:
+        period = rate * (DAY if unit is TimeUnit.DAYS else 7 * DAY)
+        return anchor + k * period, anchor + (k + 1) * period
     return add_months(anchor, k * rate), add_months(anchor, (k + 1) * rate)
+
+
+def fixed_cycle(anchor: float, rate: int, unit: TimeUnit, t: float) -> tuple[float, float]:
+    """The cycle [start, end) of `rate` x `unit` anchored at `anchor` that holds instant t."""
+    return cycle_bounds(anchor, rate, unit, cycle_index(anchor, rate, unit, t))
 
 
 def week_anchor(anchor: float, start_day: str | None) -> float:
