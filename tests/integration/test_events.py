@@ -172,7 +172,7 @@ async def test_one_event_per_successful_command_and_none_for_anything_else(
     lifetime, daily, rolling = e1["earnConstraints"]
     assert lifetime["windowStart"] is None and lifetime["windowEnd"] is None
     assert parse_instant(daily["windowEnd"]) - parse_instant(daily["windowStart"]) == 86_400
-    assert rolling["windowEnd"] == e1["earnedOn"]
+    assert rolling["windowEnd"] == e1["earnEventDate"]
     assert parse_instant(rolling["windowEnd"]) - parse_instant(rolling["windowStart"]) == 2 * 86_400
     e1_outcome = ok["e1"][1].body["data"]
     assert e1["earnId"] == first_earn and e1["triggeringActivity"] == LOYALTY

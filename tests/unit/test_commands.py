@@ -236,6 +236,25 @@ def test_a_lone_surrogate_in_any_field_is_400_and_the_outcome_encodes(
     assert b"\xed" not in out  # no encoded surrogate in the outcome: U+FFFD instead
 
 
+@pytest.mark.parametrize(("stream", "base", "field"), [
+    (Stream.EARNS, EARN, "requestId"),
+    (Stream.EARNS, EARN, "badgeMetaId"),
+    (Stream.EARNS, {**EARN, "type": "revokeEarn"}, "earnedBadgeId"),
+    (Stream.EARNS, {**EARN, "type": "revokeIssue"}, "issuedId"),
+    (Stream.EARNS, {**EARN, "triggeredBy": {"ownerType": "Loyalty", "referenceId": "p"}}, "triggeredBy.referenceId"),
+    (Stream.CLAIMS, CLAIM, "referenceId"),
+])
+def test_a_nul_character_in_an_id_is_400_naming_the_field(stream: Stream, base: dict[str, Any], field: str) -> None:
+    """PostgreSQL's JSONB cannot store U+0000: stored ids are refused it, on every store alike."""
+    body = json.loads(json.dumps(base))
+    where, name = (body["triggeredBy"], "referenceId") if field.startswith("triggeredBy.") else (body, field)
+    where[name] = "a\u0000b"
+    result = decode(raw_json(body), stream)
+    assert code_of(result) == 400
+    assert isinstance(result, Undecodable) and "NUL" in result.rejection.message
+    assert_publishable(result)
+
+
 def test_a_surrogate_pair_escape_is_one_valid_character() -> None:
     result = decode(b'{"orgId": 1, "requestId": "r\\ud83d\\ude00", "badgeMetaId": "x", "customerId": 1}', Stream.EARNS)
     assert isinstance(result, Command) and result.requestId == "r\U0001f600"

@@ -103,6 +103,7 @@ def test_counts_must_match_the_checks() -> None:
 # ------------------------------------------------------------------ shapes
 def earned(**overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = dict(customer_id=62090013, badge_id="badge-1", earn_id="e" * 24, earned_on=T - 60,
+                                  event_date=T - 120,
                                   issued_id=None, expires_on=T + 7 * DAY, triggered_by=OWNER,
                                   constraints=events.earn_constraints(limit_checks(BADGE, 7, T), [1, 1, 1, 9, 9]))
     values.update(overrides)
@@ -116,10 +117,12 @@ def test_badge_earned() -> None:
     assert event["eventId"] == event_id(ORG, "r-1", EventName.EARNED)
     assert event["createdAt"] == "2024-09-13T05:17:19.822Z"
     data = event["data"]
-    assert set(data) == {"customerId", "badgeId", "earnId", "earnedOn", "earnedOnEpochMs", "issuedId", "expiresOn",
-                         "expiresOnISO", "triggeringActivity", "earnConstraints"}
+    assert set(data) == {"customerId", "badgeId", "earnId", "earnedOn", "earnedOnEpochMs", "earnEventDate",
+                         "earnEventDateEpochMs", "issuedId", "expiresOn", "expiresOnISO", "triggeringActivity",
+                         "earnConstraints"}
     assert (data["customerId"], data["badgeId"], data["earnId"]) == (62090013, "badge-1", "e" * 24)
     assert data["earnedOn"] == "2024-09-13T05:16:19.822Z" and data["earnedOnEpochMs"] == 1_726_204_579_822
+    assert data["earnEventDate"] == "2024-09-13T05:15:19.822Z" and data["earnEventDateEpochMs"] == 1_726_204_519_822
     assert data["expiresOn"] == T + 7 * DAY and data["expiresOnISO"] == "2024-09-20T05:17:19.822Z"
     assert data["issuedId"] is None
     assert data["triggeringActivity"] == OWNER
@@ -172,7 +175,7 @@ def test_badge_issue_revoked_names_every_issue_and_the_first() -> None:
 def test_events_are_deterministic_and_json(org: int, rid: str, now: float, customer: int) -> None:
     def build() -> list[dict[str, Any]]:
         return [events.badge_earned(org, rid, now, customer_id=customer, badge_id="b", earn_id="e", earned_on=now,
-                                    issued_id=None, expires_on=None, triggered_by=None, constraints=[]),
+                                    event_date=now, issued_id=None, expires_on=None, triggered_by=None, constraints=[]),
                 events.badge_issued(org, rid, now, customer_id=customer, badge_id="b", issual_id="i", issued_on=now,
                                     expires_on=now, triggered_by=OWNER),
                 events.badge_earn_revoked(org, rid, now, customer_id=customer, badge_id="b", earn_id="e"),

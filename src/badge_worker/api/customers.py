@@ -61,6 +61,8 @@ class CustomerRecord:
                 continue
             if isinstance(value, bool) or not isinstance(value, str | int) or not normalize(kind, value):
                 raise RegistryError(f"{kind} must be a non-empty string")
+            if "\x00" in str(value) or len(str(value)) > 1024:  # not storable in PostgreSQL's JSONB / too long
+                raise RegistryError(f"{kind} must be at most 1,024 characters without NUL")
             identifiers[kind] = normalize(kind, value)
         return cls(org, customer, identifiers)
 

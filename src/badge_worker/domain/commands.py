@@ -130,6 +130,8 @@ def _str_field(body: dict[str, Any], name: str) -> str:
         raise ValueError(f"{name} is too long ({len(text)} characters, at most {MAX_TEXT})")
     if not _valid_text(text):
         raise ValueError(f"{name} is not valid Unicode text (a lone surrogate)")
+    if "\x00" in text:  # PostgreSQL's JSONB (FerretDB's main backend) cannot store one
+        raise ValueError(f"{name} must not contain a NUL character (U+0000)")
     return text
 
 

@@ -67,12 +67,15 @@ def _activity(triggered_by: Mapping[str, Any] | None) -> Doc | None:
 
 
 def badge_earned(org_id: int, request_id: str, created_at: float, *, customer_id: int, badge_id: str,
-                 earn_id: str, earned_on: float, issued_id: str | None, expires_on: float | None,
-                 triggered_by: Mapping[str, Any] | None, constraints: Sequence[Mapping[str, Any]]) -> Doc:
-    """`earned_on`: the earn's event date; `constraints`: earn_constraints() of the earn."""
+                 earn_id: str, earned_on: float, event_date: float, issued_id: str | None,
+                 expires_on: float | None, triggered_by: Mapping[str, Any] | None,
+                 constraints: Sequence[Mapping[str, Any]]) -> Doc:
+    """`earned_on`: when the worker awarded it (the read API's lastEarnedOnDate); `event_date`:
+    the earn's event date (lastEarnEventDate); `constraints`: earn_constraints() of the earn."""
     return _event(EventName.EARNED, org_id, request_id, created_at, {
         "customerId": customer_id, "badgeId": badge_id, "earnId": earn_id,
         "earnedOn": iso(earned_on), "earnedOnEpochMs": round(earned_on * 1000),
+        "earnEventDate": iso(event_date), "earnEventDateEpochMs": round(event_date * 1000),
         "issuedId": issued_id, "expiresOn": expires_on, "expiresOnISO": iso(expires_on),
         "triggeringActivity": _activity(triggered_by),
         "earnConstraints": [dict(c) for c in constraints],

@@ -415,7 +415,8 @@ class Processor:
                 "earnedBadgeId": str(doc["_id"]), "issuedId": doc.get("issuedId"), "requestId": cmd.requestId,
                 "expiresOn": doc.get("expiresOn"), "expiresOnISO": iso(doc.get("expiresOn"))}
         event = events.badge_earned(cmd.orgId, cmd.requestId, now, customer_id=cmd.customerId,
-                                    badge_id=cmd.badgeMetaId, earn_id=str(doc["_id"]), earned_on=doc["eventDate"],
+                                    badge_id=cmd.badgeMetaId, earn_id=str(doc["_id"]),
+                                    earned_on=doc.get("earnedOn") or doc["eventDate"], event_date=doc["eventDate"],
                                     issued_id=doc.get("issuedId"), expires_on=doc.get("expiresOn"),
                                     triggered_by=doc.get("triggeredBy"),
                                     constraints=doc.get("earnConstraints") or [])
