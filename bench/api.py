@@ -10,7 +10,8 @@ at a fixed concurrency:
   customer     GET /v1/badges/customer/{id} (EARNED and AVAILABLE together, limit 10) for a
                random one of the first 1,000 customers;
   statistics   GET /v1/badges/badgeMeta/{id}?includeStatistics=true for a random badge.
-Printed: requests/s, p50/p99 in ms, CPU ms per request of the API process and of FerretDB.
+Printed: requests/s, p50/p99 in ms, CPU ms per request of the API process, of FerretDB and of
+PostgreSQL (all its processes; 0 on the SQLite backend).
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / TICK
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def postgres_seconds() -> float:
+    """CPU of every PostgreSQL process (FerretDB's backend does the scans in them)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(proc.name))
+            except OSError:
+                continue
+    return total
 
 
 def ferretdb_pid() -> int | None:
@@ -120,6 +134,7 @@ async def measure(url: str, key: str, paths: list[str], concurrency: int, pids: 
     failures = 0
     queue = list(paths)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    pg_before = postgres_seconds()
 
     async def client() -> None:
         nonlocal failures
@@ -138,9 +153,10 @@ async def measure(url: str, key: str, paths: list[str], concurrency: int, pids: 
     latencies.sort()
     n = len(latencies)
     cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    cpu["postgres"] = postgres_seconds() - pg_before
     return {"n": n, "rps": n / elapsed, "p50": statistics.median(latencies) * 1000,
             "p99": latencies[min(n - 1, round(0.99 * (n - 1)))] * 1000, "failures": failures,
-            **{f"cpu_{name}": cpu[name] * 1000 / n for name in pids}}
+            **{f"cpu_{name}": cpu[name] * 1000 / n for name in cpu}}
 
 
 async def step(s: Settings, key: str, stored: int, requests: int, concurrency: int, log: Path,
@@ -203,11 +219,12 @@ async def main() -> None:
     finally:
         await client.drop_database(s.mongodb_database)
         await client.close()
-    print("\n| endpoint | stored | requests/s | p50 ms | p99 ms | API CPU-ms/req | FerretDB CPU-ms/req |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| endpoint | stored | requests/s | p50 ms | p99 ms | API CPU-ms/req | FerretDB CPU-ms/req "
+          "| PostgreSQL CPU-ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, stored, f in rows:
         print(f"| {name} | {stored:,} | {f['rps']:.1f} | {f['p50']:.1f} | {f['p99']:.1f} | {f['cpu_api']:.2f} | "
-              f"{f.get('cpu_ferretdb', float('nan')):.2f} |")
+              f"{f.get('cpu_ferretdb', float('nan')):.2f} | {f['cpu_postgres']:.2f} |")
     for name in ("customer", "statistics"):
         small_row, large_row = (f for n, _, f in rows if n == name)
         print(f"{name}: p50 grows {large_row['p50'] / small_row['p50']:.0f}x from {rows[0][1]:,} to "

@@ -57,7 +57,7 @@ from badge_worker.settings import Settings
 ORG = 100458
 DAY = 86_400.0
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("kafka", "redis", "ferretdb")
+SERVERS = ("kafka", "redis", "ferretdb", "postgres")  # postgres: FerretDB's backend, every process of it
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -69,6 +69,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime (threads included)
+
+
+ALL_POSTGRES = -1  # the "pid" of PostgreSQL: its CPU is the sum over all its processes
+
+
+def postgres_seconds() -> float:
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(proc.name))
+            except OSError:
+                continue
+    return total
+
+
+def cpu_of(pid: int) -> float:
+    return postgres_seconds() if pid == ALL_POSTGRES else cpu_seconds(pid)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -90,6 +109,8 @@ def server_pids() -> dict[str, int]:
             pids[name] = int((run / f"{name}.pid").read_text().strip())
         except (OSError, ValueError):
             continue
+    if "postgres" in pids:
+        pids["postgres"] = ALL_POSTGRES
     return pids
 
 
@@ -99,10 +120,10 @@ class CpuMeter:
     start: dict[str, float] = field(default_factory=dict)
 
     def begin(self) -> None:
-        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.start = {name: cpu_of(pid) for name, pid in self.pids.items()}
 
     def used(self) -> dict[str, float]:
-        return {name: cpu_seconds(pid) - self.start.get(name, 0.0) for name, pid in self.pids.items()}
+        return {name: cpu_of(pid) - self.start.get(name, 0.0) for name, pid in self.pids.items()}
 
 
 def fresh(base: Settings, **overrides: object) -> Settings:
@@ -373,13 +394,14 @@ async def latency(base: Settings, rate: float, seconds: float, log: Path) -> tup
 # ------------------------------------------------------------------ report
 def table(rows: list[Row], ceiling_rate: float) -> str:
     head = (f"{'run':<22} {'earns':>7} {'s':>7} {'earns/s':>8} {'%ceil':>6} {'worker':>7} {'kafka':>6} "
-            f"{'redis':>6} {'store':>6} {'RSS MB':>7}  outcomes")
-    lines = [head, "-" * len(head), f"{'':<47}{'--- CPU ms per earn ---':^36}"]
+            f"{'redis':>6} {'ferret':>6} {'pg':>6} {'RSS MB':>7}  outcomes")
+    lines = [head, "-" * len(head), f"{'':<47}{'--- CPU ms per earn ---':^43}"]
     for r in rows:
         codes = " ".join(f"{c}:{k}" for c, k in sorted(r.codes.items()))
         worker = f"{r.cpu_ms('worker'):7.3f}" if "worker" in r.cpu else f"{'-':>7}"
         lines.append(f"{r.name:<22} {r.earns:>7} {r.seconds:>7.2f} {r.rate:>8.0f} {100 * r.rate / ceiling_rate:>5.1f}% "
                      f"{worker} {r.cpu_ms('kafka'):>6.3f} {r.cpu_ms('redis'):>6.3f} {r.cpu_ms('ferretdb'):>6.3f} "
+                     f"{r.cpu_ms('postgres'):>6.3f} "
                      f"{r.rss_mb:>7.0f}  {codes}")
         if r.note:
             lines.append(f"{'':<24}{r.note}")
