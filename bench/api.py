@@ -38,34 +38,15 @@ from badge_worker.api.keys import ApiKeys
 from badge_worker.domain.models import BadgeDefinition
 from badge_worker.settings import Settings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import cpu_seconds, postgres_seconds
+
 ORG = 100458
 DAY = 86_400.0
 BADGES = 50
 CUSTOMERS = 1_000
 PER_CUSTOMER = 10
 ROOT = Path(__file__).resolve().parent.parent
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def postgres_seconds() -> float:
-    """CPU of every PostgreSQL process (FerretDB's backend does the scans in them)."""
-    total = 0.0
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if (proc / "comm").read_text().strip() == "postgres":
-                    total += cpu_seconds(int(proc.name))
-            except OSError:
-                continue
-    return total
 
 
 def ferretdb_pid() -> int | None:
