@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 
 from badge_worker import logs
-from badge_worker.adapters.mongo import Repositories
+from badge_worker.adapters.mongo import BadgeOfAnotherOrg, Repositories
 from badge_worker.domain.models import BadgeDefinition
 from badge_worker.settings import Settings
 
@@ -39,7 +39,10 @@ async def store_badges(settings: Settings, badges: list[BadgeDefinition]) -> int
         repos = Repositories(client[settings.mongodb_database])
         await repos.ensure_indexes()
         for badge in badges:
-            await repos.upsert_badge(badge)
+            try:
+                await repos.upsert_badge(badge)
+            except BadgeOfAnotherOrg as exc:
+                raise SystemExit(f"{exc} (nothing after it was loaded)") from exc
     finally:
         await client.close()
     return len(badges)

@@ -11,12 +11,13 @@ import contextlib
 import json
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from badge_worker import constants as K
 from badge_worker import replay_marks
 from badge_worker.adapters.kafka_io import make_transactional_producer, partitions_of
-from badge_worker.adapters.mongo import DlqReplayMarks, Repositories
+from badge_worker.adapters.mongo import BadgeOfAnotherOrg, DlqReplayMarks, Repositories
 from badge_worker.cli import store_badges
 from badge_worker.domain.models import BadgeDefinition, Claim
 from badge_worker.service.replay import ReplayFilter, replay_dlq, replay_transactional_id
@@ -310,6 +311,18 @@ async def test_claims_embedded_by_an_earlier_version_are_kept_and_moved(mongo: R
     badge = await mongo.get_badge(ORG, "legacy-b")
     assert badge is not None
     assert [(c.referenceId, c.isActive) for c in badge.ownership.claims] == [("old-1", False), ("old-2", False)]
+
+
+async def test_a_load_never_moves_a_badge_to_another_org(settings: Settings, mongo: Repositories) -> None:
+    await mongo.upsert_badge(live_badge("tenant-b", name="org A's"))
+    other = live_badge("tenant-b", name="org B's").model_copy(update={"orgId": ORG + 1})
+    with pytest.raises(BadgeOfAnotherOrg):
+        await mongo.upsert_badge(other)
+    kept = await mongo.get_badge(ORG, "tenant-b")
+    assert kept is not None and kept.name == "org A's"
+    assert await mongo.get_badge(ORG + 1, "tenant-b") is None
+    with pytest.raises(SystemExit, match="another org"):
+        await store_badges(settings, [other])
 
 
 async def test_reloads_racing_claims_lose_nothing(mongo: Repositories) -> None:

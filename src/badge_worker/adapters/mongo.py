@@ -59,6 +59,13 @@ def merge_claims(stored: list[Doc], loaded: list[Doc]) -> list[Doc]:
     return merged
 
 
+class BadgeOfAnotherOrg(ValueError):
+    """`badges load` of a definition whose id another org's stored badge has."""
+
+    def __init__(self, badge_id: str) -> None:
+        super().__init__(f"badge {badge_id} is stored for another org: a definition cannot move between orgs")
+
+
 RequestKey = tuple[int, str]  # (orgId, requestId)
 
 
@@ -175,6 +182,10 @@ class Repositories:
             attempt += 1
             try:
                 stored = await self.badges.find_one({"_id": key})
+                if stored is not None and stored.get("orgId", badge.orgId) != badge.orgId:
+                    # ids are global (the vendor's ObjectIds): a load must never take another
+                    # org's badge over, so the tenant of a stored definition never changes
+                    raise BadgeOfAnotherOrg(badge.id)
                 if stored is None:
                     async with self.writes.lock:
                         await self.badges.insert_one(doc)
