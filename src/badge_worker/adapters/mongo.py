@@ -66,6 +66,17 @@ class BadgeOfAnotherOrg(ValueError):
         super().__init__(f"badge {badge_id} is stored for another org: a definition cannot move between orgs")
 
 
+def definition(doc: Doc, claims: list[Doc]) -> BadgeDefinition:
+    """A stored badge document and its claim documents (in claim order) as one definition."""
+    doc.pop("_id", None)
+    doc.pop("claimsVersion", None)  # written by earlier versions
+    ownership = doc.get("ownership") or {}
+    doc["ownership"] = ownership
+    stored = [{k: c[k] for k in ("ownerType", "referenceId", "isActive")} for c in claims]
+    ownership["claims"] = merge_claims(stored, list(ownership.get("claims") or []))
+    return BadgeDefinition.model_validate(doc)
+
+
 RequestKey = tuple[int, str]  # (orgId, requestId)
 
 
@@ -233,14 +244,7 @@ class Repositories:
         doc, claims = await asyncio.gather(
             self.badges.find_one({"_id": badge_key(badge_id), "orgId": org}),
             self.claims.find({"orgId": org, "badgeMetaId": badge_id}).sort("order", ASCENDING).to_list())
-        if doc is None:
-            return None
-        doc.pop("_id", None)
-        doc.pop("claimsVersion", None)  # written by earlier versions
-        ownership = doc.setdefault("ownership", {})
-        stored = [{k: c[k] for k in ("ownerType", "referenceId", "isActive")} for c in claims]
-        ownership["claims"] = merge_claims(stored, list(ownership.get("claims") or []))
-        return BadgeDefinition.model_validate(doc)
+        return None if doc is None else definition(doc, claims)
 
     async def set_claim(self, org: int, badge_id: str, claim: Claim) -> bool:
         """Set one owner's claim (isActive true or false) in its own document. True if the

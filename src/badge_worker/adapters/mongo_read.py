@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from badge_worker.adapters.mongo import Repositories, merge_claims
+from badge_worker.adapters.mongo import Repositories, definition
 from badge_worker.domain.models import BadgeDefinition
 from badge_worker.domain.readmodel import Earn
 from badge_worker.domain.rules import EarnStatus, IssueRecord
@@ -40,19 +40,12 @@ class ReadRepository:
         # in claim order, sorted here: the index (orgId, badgeMetaId, order) cannot sort by order
         # across the badges of an org
         for claim in sorted(claims, key=lambda c: str(c.get("order", ""))):
-            by_badge.setdefault(str(claim.get("badgeMetaId")), []).append(
-                {k: claim.get(k) for k in ("ownerType", "referenceId", "isActive")})
+            by_badge.setdefault(str(claim.get("badgeMetaId")), []).append(claim)
         found = []
         for doc in docs:
-            doc.pop("_id", None)
-            doc.pop("claimsVersion", None)
-            ownership = doc.setdefault("ownership", {}) or {}
-            doc["ownership"] = ownership
-            ownership["claims"] = merge_claims(by_badge.get(str(doc.get("id")), []),
-                                               list(ownership.get("claims") or []))
             try:
-                found.append(BadgeDefinition.model_validate(doc))
-            except ValidationError as exc:  # one bad definition must not break the org's views
+                found.append(definition(doc, by_badge.get(str(doc.get("id")), [])))
+            except (ValidationError, KeyError) as exc:  # one bad definition must not break the org's views
                 log.warning("badge_definition_unreadable", orgId=org, badgeMetaId=str(doc.get("id")),
                             reason=str(exc)[:300])
         return found

@@ -116,9 +116,11 @@ def attach(outcome: Doc, event: Doc | None) -> Doc:
     return outcome if event is None else {**outcome, EVENT_KEY: event}
 
 
-def split(outcome: Mapping[str, Any]) -> tuple[Doc, Doc | None]:
+def split(outcome: Doc) -> tuple[Doc, Doc | None]:
     """(the outcome as published, its event or None). The published outcome keeps the key
     order of the original, so it encodes to the same bytes as before events existed."""
+    if EVENT_KEY not in outcome:  # rejections and claims: no copy per record
+        return outcome, None
     event = outcome.get(EVENT_KEY)
     public = {k: v for k, v in outcome.items() if k != EVENT_KEY}
     return public, event if isinstance(event, dict) else None
