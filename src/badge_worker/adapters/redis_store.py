@@ -186,6 +186,9 @@ class _BadgeMemory:
     marked_at: float = 0.0  # monotonic
     cold_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cold_cache: Any = None  # service/counters.py
+    reserves: int = 0  # reserves since the last collection (gc.lua)
+    dead: list[str] = field(default_factory=list)  # keys the last collection found due, deleted by the next
+    collecting: bool = False  # a collection is in flight
 
 
 class RedisStore:
@@ -196,12 +199,14 @@ class RedisStore:
                  idle_ttl: int = K.BADGE_IDLE_TTL_SECONDS,
                  max_ahead: float = K.CLOCK_MAX_AHEAD_SECONDS,
                  gc_batch: int = K.GC_BATCH,
+                 gc_every: int = K.GC_EVERY,
                  chunk: int = K.REBUILD_CHUNK,
                  mark_interval: float = K.COUNTER_MARK_INTERVAL_SECONDS) -> None:
         self.client = client
         self.prefix = prefix
         self.retention, self.reservation_ttl, self.released_ttl = retention, reservation_ttl, released_ttl
         self.idle_ttl, self.max_ahead, self.gc_batch, self.chunk = idle_ttl, max_ahead, gc_batch, chunk
+        self.gc_every = gc_every
         self.mark_interval = mark_interval
         self.lock_ttl_ms = K.COUNTER_LOCK_TTL_MS
         self._memory: dict[tuple[int, str], _BadgeMemory] = {}
@@ -213,6 +218,7 @@ class RedisStore:
         self._load: AsyncScript = client.register_script(_lua("rebuild_load.lua"))
         self._finish: AsyncScript = client.register_script(_lua("rebuild_finish.lua"))
         self._lock: AsyncScript = client.register_script(_lua("lock.lua"))
+        self._gc: AsyncScript = client.register_script(_lua("gc.lua"))
 
     # ---- keys
     def _key(self, template: str, org: int, badge: str, **extra: str) -> str:
@@ -326,17 +332,75 @@ class RedisStore:
         decided from MongoDB for checks whose window Redis no longer keeps (service/counters.py).
         Raises NeedsRebuild; STALE names the checks that need `given` counts."""
         keys, args = self._reserve_call(org, badge, request_id, event_ts, checks, now, given, cold_token)
-        return self._reserve_reply(org, badge, await self.calls.call(self._reserve, keys, args))
+        collection = self._collection_due(org, badge, 1)
+        if collection is None:
+            reply = await self._declared(self._reserve, keys, args)
+        else:  # queued in the same tick: the same pipeline, no round trip of its own
+            reply, _ = await asyncio.gather(self._declared(self._reserve, keys, args), collection)
+        return self._reserve_reply(org, badge, reply)
+
+    async def _declared(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Call a script that may answer {'KEYS', key...}: keys it must touch that the call did
+        not declare (the counters a stored reservation lists); call again with them declared."""
+        for _ in range(3):
+            reply = await self.calls.call(script, keys, args)
+            if not (isinstance(reply, list) and reply and _text(reply[0]) == "KEYS"):
+                return reply
+            keys = keys + [k for k in dict.fromkeys(_text(k) for k in reply[1:]) if k not in keys]
+        raise RuntimeError(f"{keys[0]}: the script kept asking for keys it was given")
+
+    # ---- collecting keys whose time has come (gc.lua)
+    def _collection_due(self, org: int, badge: str, reserves: int) -> Any:
+        """A collection to run beside these reserves, every `gc_every` reserves of a badge (or
+        None): it deletes what the previous one found due and finds the next batch, up to
+        `gc_batch` keys per reserve, so memory follows the live windows."""
+        mem = self.memory(org, badge)
+        mem.reserves += reserves
+        if mem.collecting or mem.reserves < self.gc_every:
+            return None
+        fetch, mem.reserves = self.gc_batch * mem.reserves, 0
+        return self._collect_once(org, badge, fetch)
+
+    async def _collect_once(self, org: int, badge: str, fetch: int) -> int:
+        """One gc.lua call; returns how many due keys it found for the next one. Best effort:
+        a failure leaves the keys for a later call (they also carry their own Redis expiry)."""
+        mem = self.memory(org, badge)
+        mem.collecting, due, mem.dead = True, mem.dead, []
+        try:
+            reply = await self.calls.call(self._gc, [self.ready_key(org, badge), self.index_key(org, badge), *due],
+                                          [fetch])
+            mem.dead = [_text(k) for k in reply[1:]]
+        except Exception:
+            mem.dead = due
+        finally:
+            mem.collecting = False
+        return len(mem.dead)
+
+    async def collect(self, org: int, badge: str, rounds: int = 100) -> None:
+        """Collect every key of the badge whose time has come (tests, `counters check`)."""
+        for _ in range(rounds):
+            if not await self._collect_once(org, badge, max(self.gc_batch * self.gc_every, 1)):
+                return
 
     async def reserve_many(self, items: Sequence[tuple[int, str, str, float, Sequence[LimitCheck], float | None]]
                            ) -> list[ReserveResult | NeedsRebuild]:
         """reserve() for many earns in one pipeline (one round trip), applied in this order:
         items are (org, badge, requestId, event date, checks, now)."""
+        calls = [self._reserve_call(org, badge, request_id, event_ts, checks, now, None, None)
+                 for org, badge, request_id, event_ts, checks, now in items]
         async with self.client.pipeline(transaction=False) as pipe:
-            for org, badge, request_id, event_ts, checks, now in items:
-                keys, args = self._reserve_call(org, badge, request_id, event_ts, checks, now, None, None)
+            for keys, args in calls:
                 await self._reserve(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
+        for i, reply in enumerate(replies):
+            if isinstance(reply, list) and reply and _text(reply[0]) == "KEYS":
+                replies[i] = await self._declared(self._reserve, *calls[i])
+        per_badge: dict[tuple[int, str], int] = {}
+        for org, badge, *_ in items:
+            per_badge[(org, badge)] = per_badge.get((org, badge), 0) + 1
+        collections = [c for (org, badge), n in per_badge.items() if (c := self._collection_due(org, badge, n))]
+        if collections:
+            await asyncio.gather(*collections)
         results: list[ReserveResult | NeedsRebuild] = []
         for (org, badge, *_), reply in zip(items, replies, strict=True):
             try:
@@ -361,7 +425,7 @@ class RedisStore:
             else:
                 keys.append(self.counter_key(org, badge, ref.counter))
                 args += [ref.kind, str(len(keys))]
-        reply = await self.calls.call(self._release, keys, args)
+        reply = await self._declared(self._release, keys, args)
         status = _text(reply[0])
         if status == "REBUILD":
             raise NeedsRebuild(badge, _text(reply[1]))
@@ -391,16 +455,20 @@ class RedisStore:
         earns = list(held)
         chunks = self._chunks(org, badge, earns, str(generation), clock)
         lock = [self.rebuild_lock_key(org, badge), self.index_key(org, badge), self.lifetime_key(org, badge)]
+        batch: list[str] = []  # each clear call deletes the keys the previous one named
         while True:
-            left = int(await self._clear(keys=lock, args=[token, self.lock_ttl_ms, self.chunk]))
+            reply = await self._clear(keys=[*lock, *batch], args=[token, self.lock_ttl_ms, self.chunk])
+            left = int(reply[0])
             if left < 0:
                 raise LockLost(badge)
             if left == 0:
                 break
+            batch = [_text(k) for k in reply[1:]]
         largest = 0
         for chunk, size in chunks:
             largest = max(largest, size)
-            if int(await self._load(keys=lock, args=[token, self.lock_ttl_ms, json.dumps(chunk)])) < 0:
+            named = dict.fromkeys(e[0] for kind in ("c", "z", "r", "t") for e in chunk[kind])
+            if int(await self._load(keys=[*lock, *named], args=[token, self.lock_ttl_ms, json.dumps(chunk)])) < 0:
                 raise LockLost(badge)
         seq = generation * K.SEQ_GENERATION
         done = await self._finish(keys=[self.rebuild_lock_key(org, badge), self.ready_key(org, badge),

@@ -5,14 +5,18 @@
 -- rolling-window zsets).
 -- ARGV[1] member (requestId), ARGV[2] event date, ARGV[3] caller's clock ('' = none),
 -- ARGV[4] how far the caller's clock may run ahead of Redis's, ARGV[5] retention,
--- ARGV[6] reservation ttl, ARGV[7] seq floor, ARGV[8] gc batch, ARGV[9] idle ttl,
+-- ARGV[6] reservation ttl, ARGV[7] seq floor, ARGV[8] unused, ARGV[9] idle ttl,
 -- ARGV[10] cold lock token ('' = none), ARGV[11] n checks, then 7 per check:
 --   kind ('l' lifetime | 'c' fixed window | 'z' rolling), ref (field of the lifetime hash, or
 --   index of the counter in KEYS), limit, bound (fixed: window end; rolling: exclusive lower
 --   bound), roll (rolling: the longest length of the window, s), given count and given
 --   blocking event ('' unless the caller decided this check from MongoDB under the cold lock).
+-- KEYS may go on past the counters of the checks with the counters a provisional reservation
+-- lists (the caller learns them from a KEYS reply): a script touches only keys it declares,
+-- which is what Redis Cluster routes by.
 -- Returns {'REBUILD', why} | {'LOCK'} | {'OK', 'NEW'|'DUP'|'CONFIRMED', seq, cold, count...}
---       | {'FULL', index, count, blocking, seq, cold} | {'STALE', seq, cold, clock, index...}.
+--       | {'FULL', index, count, blocking, seq, cold} | {'STALE', seq, cold, clock, index...}
+--       | {'KEYS', key...} (call again with these keys declared too).
 -- OK's counts: one per check, its count right after this earn, this earn included (for the
 -- earn's notification event); a DUP reads them without taking (a retry after a crash).
 local floor = tonumber(ARGV[7])
@@ -32,12 +36,6 @@ local clock = math.max(st.clock, now)
 if ARGV[3] ~= '' then clock = math.max(clock, math.min(tonumber(ARGV[3]), now + tonumber(ARGV[4]))) end
 if clock > st.clock then redis.call('HSET', KEYS[1], 'clock', clock) end
 
--- Collect a few keys whose window can no longer matter (bounded work per call).
-local dead = redis.call('ZRANGEBYSCORE', index, '-inf', clock, 'LIMIT', 0, tonumber(ARGV[8]))
-if #dead > 0 then
-  redis.call('UNLINK', unpack(dead))
-  redis.call('ZREM', index, unpack(dead))
-end
 
 local r = redis.call('HMGET', KEYS[2], 'state', 'gen', 'keys')
 local state = nil
@@ -84,7 +82,16 @@ end
 local owned, own = {}, {}
 if state == 'provisional' then
   owned = cjson.decode(r[3])
-  for _, item in ipairs(owned) do own[item[1] .. '|' .. item[2]] = true end
+  local declared, missing = {}, {}
+  for i = 7, #KEYS do declared[KEYS[i]] = true end
+  for _, item in ipairs(owned) do
+    own[item[1] .. '|' .. item[2]] = true
+    if item[1] ~= 'l' and not declared[item[2]] then missing[#missing + 1] = item[2] end
+  end
+  if #missing > 0 then
+    table.insert(missing, 1, 'KEYS')
+    return missing
+  end
 end
 local function release_own()
   for _, item in ipairs(owned) do give_back(life, item, member) end
