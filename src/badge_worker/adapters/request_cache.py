@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from badge_worker import constants as K
 
@@ -37,6 +38,7 @@ class RequestClaim:
 class RequestCache:
     def __init__(self, client: Redis, prefix: str = K.KEY_PREFIX, outcome_ttl: float = 600.0) -> None:
         self.client, self.prefix, self.outcome_ttl = client, prefix, outcome_ttl
+        self.cluster = isinstance(client, RedisCluster)
 
     def request_key(self, org: int, request_id: str) -> str:
         return K.REQUEST_KEY.format(prefix=self.prefix, org=org, request_id=request_id)
@@ -55,10 +57,14 @@ class RequestCache:
         async with self.client.pipeline(transaction=False) as pipe:
             for org, request_id, origin in items:
                 pipe.set(self.request_key(org, request_id), origin, nx=True, ex=K.REQUEST_TTL_SECONDS, get=True)
-            # one MGET for every cached outcome: a reply per key costs redis-py more than the key
-            pipe.mget([self.outcome_key(org, request_id) for org, request_id, _ in items])
+            outcome_keys = [self.outcome_key(org, request_id) for org, request_id, _ in items]
+            if self.cluster:  # keys of many slots: one GET each, sent by the client to their nodes
+                for key in outcome_keys:
+                    pipe.get(key)
+            else:  # one MGET for every cached outcome: a reply per key costs redis-py more than the key
+                pipe.mget(outcome_keys)
             replies = await pipe.execute()
-        outcomes = replies[-1]
+        outcomes = replies[len(items):] if self.cluster else replies[-1]
         return [_claim(origin, replies[i], outcomes[i]) for i, (_, _, origin) in enumerate(items)]
 
     async def correct(self, org: int, request_id: str, origin: str) -> None:

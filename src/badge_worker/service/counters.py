@@ -20,9 +20,9 @@ from typing import Any
 
 import structlog
 from pymongo import AsyncMongoClient
-from redis.asyncio import Redis
 
 from badge_worker import constants as K
+from badge_worker.adapters import redis_client
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import (
     CounterRef,
@@ -265,7 +265,7 @@ async def check_badge(store: RedisStore, repos: Repositories, org: int, badge: s
 @contextlib.asynccontextmanager
 async def _connected(settings: Settings) -> Any:
     mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, tz_aware=False)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client.connect(settings, max_connections=8)
     try:
         yield RedisStore(redis, prefix=settings.redis_key_prefix), Repositories(mongo[settings.mongodb_database])
     finally:

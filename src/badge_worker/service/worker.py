@@ -25,10 +25,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from pymongo import AsyncMongoClient
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from badge_worker import replay_marks
-from badge_worker.adapters import kafka_io
+from badge_worker.adapters import kafka_io, redis_client
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
@@ -67,7 +66,7 @@ class Worker:
         self.ready = False
         self.consumer: AIOKafkaConsumer | None = None
         self.mongo: AsyncMongoClient | None = None  # type: ignore[type-arg]
-        self.redis: Redis | None = None
+        self.redis: Any = None  # redis_client.RedisClient
         self.processor: Processor | None = None
         self.repos: Repositories | None = None
         self.replay_secret: bytes | None = None
@@ -85,10 +84,7 @@ class Worker:
         self.mongo = AsyncMongoClient(s.mongodb_uri, serverSelectionTimeoutMS=5000,
                                       socketTimeoutMS=s.mongodb_socket_timeout_ms, tz_aware=False)
         self.repos = Repositories(self.mongo[s.mongodb_database])
-        # A blocking pool: when every connection is busy, callers wait (backpressure) instead of failing.
-        pool = BlockingConnectionPool.from_url(s.redis_url, max_connections=s.redis_max_connections, timeout=30,
-                                               socket_timeout=10, socket_connect_timeout=5, health_check_interval=15)
-        self.redis = Redis(connection_pool=pool)
+        self.redis = redis_client.connect(s)
         store = RedisStore(self.redis, prefix=s.redis_key_prefix)
         self.requests = RequestCache(self.redis, s.redis_key_prefix, s.outcome_cache_ttl_s)
         self.processor = Processor(self.repos, store, self.requests, badge_cache_ttl=s.badge_cache_ttl_s,
