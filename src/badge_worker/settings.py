@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     # CONTRACT.md section 1
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # REDIS_URL names one node of a Redis Cluster (adapters/redis_client.py)
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "badges"
     consumer_group: str = "badge-worker"
@@ -35,6 +36,8 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     redis_key_prefix: str = "bw"
     topic_partitions: int = 8  # used when the worker creates missing topics
+    topic_replication_factor: int = 1  # of the topics it creates: 3 on a cluster (README, scale-out)
+    topic_min_insync_replicas: int | None = None  # min.insync.replicas of those topics; None = broker default
     output_max_message_bytes: int = 2_097_152  # max.message.bytes of the output topics it creates
     batch_max_records: int = 2000
     fetch_timeout_ms: int = 200

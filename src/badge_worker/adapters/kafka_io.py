@@ -32,9 +32,11 @@ async def ensure_topics(settings: Settings, partitions: int | None = None) -> No
         # Outputs may carry a little more than an input (a DLQ copy adds headers to a value up
         # to the broker's 1 MB default): their topics take OUTPUT_MAX_MESSAGE_BYTES.
         outputs = set(settings.output_topics())
-        missing = [NewTopic(t, partitions or settings.topic_partitions, 1,
-                            topic_configs={"max.message.bytes": str(settings.output_max_message_bytes)}
-                            if t in outputs else None)
+        replicated = ({"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+                      if settings.topic_min_insync_replicas else {})
+        missing = [NewTopic(t, partitions or settings.topic_partitions, settings.topic_replication_factor,
+                            topic_configs={**replicated, "max.message.bytes": str(settings.output_max_message_bytes)}
+                            if t in outputs else replicated or None)
                    for t in wanted if t not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
