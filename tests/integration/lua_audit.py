@@ -89,6 +89,9 @@ class KeyAudit:
             for _, writer in streams:
                 writer.close()
         await self._pair()
+        # an EVALSHA refused with NOSCRIPT (redis-py then loads the script and calls again)
+        # ran nothing: only the calls whose script ran are calls
+        self.calls = [c for c in self.calls if c.touched]
 
     async def _read(self, reader: asyncio.StreamReader, node: int) -> None:
         while True:
@@ -133,8 +136,7 @@ class KeyAudit:
         return found
 
     def scripts_run(self) -> set[str]:
-        """Names of the scripts that ran at least one command."""
-        return {script_name(c.sha) for c in self.calls if c.touched}
+        return {script_name(c.sha) for c in self.calls}
 
 
 async def _keys_of(client: Redis, args: list[bytes]) -> list[str]:
