@@ -36,3 +36,16 @@ local function keep_index(index)
   local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
   if top[2] then redis.call('EXPIREAT', index, math.ceil(tonumber(top[2]))) end
 end
+-- The counter keys a stored reservation lists ({kind, key} items) that this call does not
+-- declare in KEYS[first..]: a script may touch only declared keys (Redis Cluster routes by
+-- them), so it answers {'KEYS', key...} and the caller calls again with them. nil if none.
+local function undeclared(items, first)
+  local declared, missing = {}, {}
+  for i = first, #KEYS do declared[KEYS[i]] = true end
+  for _, item in ipairs(items) do
+    if item[1] ~= 'l' and not declared[item[2]] then missing[#missing + 1] = item[2] end
+  end
+  if #missing == 0 then return nil end
+  table.insert(missing, 1, 'KEYS')
+  return missing
+end

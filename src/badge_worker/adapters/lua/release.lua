@@ -19,15 +19,8 @@ local r = redis.call('HMGET', KEYS[2], 'state', 'gen', 'keys')
 if r[1] then
   if r[2] == st.gen then
     items = cjson.decode(r[3])
-    local declared, missing = {}, {}
-    for i = 6, #KEYS do declared[KEYS[i]] = true end
-    for _, item in ipairs(items) do
-      if item[1] ~= 'l' and not declared[item[2]] then missing[#missing + 1] = item[2] end
-    end
-    if #missing > 0 then
-      table.insert(missing, 1, 'KEYS')
-      return missing
-    end
+    local missing = undeclared(items, 6)
+    if missing then return missing end
   end
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', index, KEYS[2])

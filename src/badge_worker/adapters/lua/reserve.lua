@@ -82,16 +82,9 @@ end
 local owned, own = {}, {}
 if state == 'provisional' then
   owned = cjson.decode(r[3])
-  local declared, missing = {}, {}
-  for i = 7, #KEYS do declared[KEYS[i]] = true end
-  for _, item in ipairs(owned) do
-    own[item[1] .. '|' .. item[2]] = true
-    if item[1] ~= 'l' and not declared[item[2]] then missing[#missing + 1] = item[2] end
-  end
-  if #missing > 0 then
-    table.insert(missing, 1, 'KEYS')
-    return missing
-  end
+  local missing = undeclared(owned, 7)
+  if missing then return missing end
+  for _, item in ipairs(owned) do own[item[1] .. '|' .. item[2]] = true end
 end
 local function release_own()
   for _, item in ipairs(owned) do give_back(life, item, member) end
