@@ -48,7 +48,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 
-from badge_worker.adapters.kafka_io import ensure_topics, partitions_of
+from badge_worker.adapters.kafka_io import client_options, ensure_topics, partitions_of
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.client import Collector, Coord, Outcome, Publisher
 from badge_worker.domain.models import BadgeDefinition
@@ -241,10 +241,10 @@ async def ceiling(base: Settings, n: int) -> Row:
     async with Publisher(s) as pub:
         await pub.send_many(s.topic_earns, earn_bodies(n, "c", "warm"))
     tps = await partitions_of(s, [s.topic_earns])
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, group_id=s.consumer_group,
+    consumer = AIOKafkaConsumer(**client_options(s), group_id=s.consumer_group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 isolation_level="read_committed", max_partition_fetch_bytes=4 << 20)
-    producers = {tp: AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, linger_ms=5,
+    producers = {tp: AIOKafkaProducer(**client_options(s), linger_ms=5,
                                       transactional_id=f"{s.consumer_group}-{tp.partition}") for tp in tps}
     meter = CpuMeter({"bench": os.getpid(), **server_pids()})
     await consumer.start()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
@@ -102,6 +103,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a `badge-worker` subprocess use these settings."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
+        if isinstance(value, SecretStr):  # a dump masks it; the subprocess needs the value
+            value = value.get_secret_value()
         if value is None:
             env.pop(name.upper(), None)
         else:

@@ -9,10 +9,12 @@ import json
 import sys
 from pathlib import Path
 
+import structlog
 from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 
 from badge_worker import logs
+from badge_worker.adapters.kafka_io import KafkaSecurityError
 from badge_worker.adapters.mongo import BadgeOfAnotherOrg, Repositories
 from badge_worker.domain.models import BadgeDefinition
 from badge_worker.settings import Settings
@@ -104,7 +106,18 @@ def _non_negative(text: str) -> int:
     return value
 
 
+EX_CONFIG = 78  # sysexits.h: a configuration error, which a restart does not fix
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KafkaSecurityError as exc:  # any command: refused Kafka credentials or TLS settings
+        structlog.get_logger("badge_worker.cli").error("kafka_security_error", reason=str(exc))
+        return EX_CONFIG
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="badge-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="consume commands until SIGTERM/SIGINT, then drain and commit")
@@ -142,7 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seeds", type=Path, default=None, help="vendor API pages folder (default: packaged badges)")
     args = parser.parse_args(argv)
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # one JSON line naming each variable; the values stay hidden
+        logs.configure()
+        structlog.get_logger("badge_worker.cli").error(
+            "invalid_settings", errors=[f"{'.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
+                                        for e in exc.errors()])
+        return EX_CONFIG
     logs.configure(settings.log_level)
 
     if args.command == "run":

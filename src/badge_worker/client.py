@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from badge_worker import constants as K
-from badge_worker.adapters.kafka_io import ensure_topics, partitions_of
+from badge_worker.adapters.kafka_io import client_options, ensure_topics, partitions_of, start_client
 from badge_worker.settings import Settings
 
 Coord = tuple[str, int, int]  # input topic, partition, offset
@@ -35,12 +35,12 @@ class Publisher:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                         enable_idempotence=True, acks="all", linger_ms=5)
+        self.producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True, acks="all",
+                                         linger_ms=5)
         self.sent_at: dict[Coord, float] = {}
 
     async def __aenter__(self) -> Publisher:
-        await self.producer.start()
+        await start_client(self.producer, self.settings)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -75,9 +75,8 @@ class Collector:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                         isolation_level="read_committed", enable_auto_commit=False,
-                                         fetch_max_wait_ms=50)
+        self.consumer = AIOKafkaConsumer(**client_options(settings), isolation_level="read_committed",
+                                         enable_auto_commit=False, fetch_max_wait_ms=50)
         self.outcomes: list[Outcome] = []
         self._cursor = 0  # outcomes before this index were handed out by a wait_* call
 

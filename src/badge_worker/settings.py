@@ -4,17 +4,34 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # hide_input_in_errors: a refused value may be a password (KAFKA_SASL_PASSWORD, a URI)
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore",
+                                      hide_input_in_errors=True)
 
     # CONTRACT.md section 1
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # How every Kafka client of the project connects (kafka_io.client_options, docs/security.md).
+    # Secrets are SecretStr: repr, str and model_dump_json show only asterisks.
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None  # PEM CA bundle; unset: the system's trusted CAs
+    kafka_ssl_certfile: str | None = None  # PEM client certificate (mutual TLS)
+    kafka_ssl_keyfile: str | None = None  # PEM private key of that certificate
+    kafka_ssl_key_password: SecretStr | None = None  # when that key is encrypted
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_cluster: bool = False  # REDIS_URL names one node of a Redis Cluster (adapters/redis_client.py)
     mongodb_uri: str = "mongodb://127.0.0.1:27017"
@@ -69,6 +86,38 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 10.0  # SIGTERM: the batch in hand may finish within this (closing takes ≤ ~17 s more)
     liveness_timeout_s: float = 120.0  # /healthz fails when the consume loop stalls this long
     replay_signing_key: str | None = None  # else a random key kept in MongoDB (replay_marks.py)
+
+    @model_validator(mode="after")
+    def _kafka_security_fits(self) -> Settings:
+        """Refuse a half-configured secured connection at start-up, naming the variables,
+        rather than a broker refusing it later with a vaguer reason."""
+        protocol = self.kafka_security_protocol
+        sasl, ssl = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        problems: list[str] = []
+        if sasl:
+            missing = [name for name, value in (("KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                                                ("KAFKA_SASL_PASSWORD", self.kafka_sasl_password))
+                       if not value or (isinstance(value, SecretStr) and not value.get_secret_value())]
+            if missing:
+                problems.append(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)}")
+        elif self.kafka_sasl_username or self.kafka_sasl_password:
+            problems.append(f"KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD are set but KAFKA_SECURITY_PROTOCOL={protocol}"
+                            " does not use SASL (SASL_PLAINTEXT or SASL_SSL)")
+        tls_files = {"KAFKA_SSL_CAFILE": self.kafka_ssl_cafile, "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+                     "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile}
+        if not ssl and (any(tls_files.values()) or self.kafka_ssl_key_password):
+            problems.append(f"KAFKA_SSL_* settings are set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS"
+                            " (SSL or SASL_SSL)")
+        if ssl:
+            problems += [f"{name}={path}: no such file" for name, path in tls_files.items()
+                         if path and not Path(path).is_file()]
+            if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+                problems.append("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the certificate of that key)")
+            if self.kafka_ssl_key_password and not self.kafka_ssl_certfile:
+                problems.append("KAFKA_SSL_KEY_PASSWORD needs KAFKA_SSL_CERTFILE")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def output_topics(self) -> list[str]:
         return [self.topic_results, self.topic_errors, self.topic_dlq, self.topic_events]

@@ -6,13 +6,24 @@ import asyncio
 import contextlib
 import json
 import math
-from typing import Any
+import ssl
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.helpers import create_ssl_context
 
 from badge_worker import constants as K
 from badge_worker.domain.commands import Stream
@@ -23,9 +34,96 @@ from badge_worker.settings import Settings
 Headers = list[tuple[str, bytes]]
 
 
+class KafkaSecurityError(Exception):
+    """The broker refused this client's credentials or TLS settings: retrying cannot help,
+    so the worker stops (exit 78) instead of backing off for ever. Never holds a secret."""
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Where and how every Kafka client of the project connects: pass it as `**options` to
+    AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient (docs/security.md)."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap_servers,
+                               "security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None  # Settings refuses SASL without one
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism,
+                       sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=settings.kafka_sasl_password.get_secret_value())
+    if protocol.endswith("SSL"):
+        options["ssl_context"] = _ssl_context(settings)
+    return options
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """Verifies the broker's certificate and host name (against KAFKA_SSL_CAFILE, else the
+    system's CAs); presents a client certificate when one is configured."""
+    key_password = settings.kafka_ssl_key_password
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile, certfile=settings.kafka_ssl_certfile, keyfile=settings.kafka_ssl_keyfile,
+            password=key_password.get_secret_value() if key_password else None)
+    except (ssl.SSLError, OSError) as exc:  # e.g. a wrong key password, a file that is no PEM
+        raise KafkaSecurityError(f"cannot load the Kafka TLS files (KAFKA_SSL_CAFILE/CERTFILE/KEYFILE, "
+                                 f"KAFKA_SSL_KEY_PASSWORD): {type(exc).__name__}: {exc}") from None
+    return context
+
+
+_REFUSED = (SaslAuthenticationFailed, AuthenticationFailedError, AuthenticationMethodNotSupported,
+            UnsupportedSaslMechanismError, IllegalSaslStateError)
+
+
+async def check_security(settings: Settings, timeout: float | None = None) -> None:
+    """Raise KafkaSecurityError if a bootstrap broker refuses our SASL credentials or TLS
+    settings. aiokafka only logs why each broker failed and then raises "Unable to
+    bootstrap", which looks like an outage; one direct connection tells the two apart.
+    Unreachable brokers are left to the caller (an outage, retried). PLAINTEXT: nothing."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return
+    options = client_options(settings)
+    options.pop("bootstrap_servers")
+    seconds = timeout if timeout is not None else settings.kafka_call_timeout_s
+    for server in settings.kafka_bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), client_id=settings.worker_id,
+                                                      request_timeout_ms=int(seconds * 1000), **options), seconds)
+        except _REFUSED as exc:
+            who = (f"user {settings.kafka_sasl_username!r} with {settings.kafka_sasl_mechanism}"
+                   if settings.kafka_security_protocol.startswith("SASL_") else "this client")
+            raise KafkaSecurityError(f"Kafka authentication failed at {server.strip()} for {who} over "
+                                     f"{settings.kafka_security_protocol}: {exc}") from None
+        except (ssl.SSLError, KafkaConnectionError) as exc:
+            # a TLS alert after the handshake (the broker refused our client certificate, or
+            # wanted one) reaches us as a closed connection caused by an SSLError
+            tls = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+            if not isinstance(tls, ssl.SSLError):
+                continue  # unreachable: try the next one; the caller treats it as an outage
+            raise KafkaSecurityError(f"TLS handshake with Kafka at {server.strip()} failed over "
+                                     f"{settings.kafka_security_protocol}: {tls}") from None
+        except (OSError, TimeoutError, ValueError):
+            continue  # unreachable (or no port): try the next one; the caller treats it as an outage
+        conn.close()
+        return
+
+
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+async def start_client(client: _Startable, settings: Settings) -> None:
+    """`client.start()`, but a start refused for credentials or TLS raises KafkaSecurityError
+    naming why, instead of aiokafka's bare "Unable to bootstrap"."""
+    try:
+        await client.start()
+    except KafkaConnectionError:
+        await check_security(settings)
+        raise
+
+
 async def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await start_client(admin, settings)
     try:
         existing = set(await admin.list_topics())
         wanted = [*settings.input_topics(), *settings.output_topics()]
@@ -47,8 +145,8 @@ async def ensure_topics(settings: Settings, partitions: int | None = None) -> No
 
 async def message_size_limits(settings: Settings, topics: list[str]) -> dict[str, int]:
     """Each topic's effective `max.message.bytes` (its own, or the broker's default)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await start_client(admin, settings)
     try:
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in topics])
@@ -67,8 +165,8 @@ async def partitions_of(settings: Settings, topics: list[str], timeout: float = 
     """Every partition of `topics` (a consumer only knows the topics it subscribes to).
 
     Just after a topic is created the broker may describe it without partitions yet: wait."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await start_client(admin, settings)
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         while True:
@@ -85,7 +183,7 @@ async def partitions_of(settings: Settings, topics: list[str], timeout: float = 
 
 def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     options: dict[str, Any] = dict(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_options(settings),
         group_id=settings.consumer_group,
         client_id=settings.worker_id,
         enable_auto_commit=False,  # offsets are committed inside the output transaction
@@ -105,7 +203,7 @@ def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
 
 def make_transactional_producer(settings: Settings, transactional_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_options(settings),
         transactional_id=transactional_id,
         enable_idempotence=True,
         acks="all",

@@ -248,9 +248,10 @@ async def replay_dlq(settings: Settings, flt: ReplayFilter, *, dry_run: bool = F
     show = progress or (lambda line: print(line, end="\r", file=sys.stderr, flush=True))
     report = ReplayReport()
     run = uuid.uuid4().hex
+    await kafka_io.check_security(settings)  # refused credentials: a clear error before anything starts
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri)
     marks = DlqReplayMarks(client[settings.mongodb_database])
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group_id,
+    consumer = AIOKafkaConsumer(**kafka_io.client_options(settings), group_id=group_id,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 isolation_level="read_committed")
     checker: AIOKafkaConsumer | None = None  # reads replay targets to settle PENDING marks
@@ -286,7 +287,7 @@ async def replay_dlq(settings: Settings, flt: ReplayFilter, *, dry_run: bool = F
             if producer is None:
                 return mark  # a dry run does not fence the run that wrote it: cannot tell
             if checker is None:
-                checker = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+                checker = AIOKafkaConsumer(**kafka_io.client_options(settings), group_id=None,
                                            enable_auto_commit=False, isolation_level="read_committed")
                 await checker.start()
             committed = await replay_committed(checker, mark)

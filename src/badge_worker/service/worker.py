@@ -77,7 +77,9 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
         s = self.settings
-        log.info("connecting", kafka=s.kafka_bootstrap_servers, redis=redact(s.redis_url),
+        log.info("connecting", kafka=s.kafka_bootstrap_servers, kafka_security_protocol=s.kafka_security_protocol,
+                 kafka_sasl_mechanism=s.kafka_sasl_mechanism if s.kafka_sasl_username else None,
+                 kafka_sasl_username=s.kafka_sasl_username, redis=redact(s.redis_url),
                  mongodb=redact(s.mongodb_uri), database=s.mongodb_database, group=s.consumer_group,
                  group_instance_id=s.group_instance_id)
         # socketTimeoutMS: a request the server never answers becomes a retryable NetworkTimeout
@@ -94,6 +96,8 @@ class Worker:
             try:
                 await asyncio.wait_for(self._prepare(store), 60)
                 return
+            except kafka_io.KafkaSecurityError:
+                raise  # refused credentials or TLS: backing off would only hide it (cli.py logs it)
             except Exception as exc:
                 if not is_infra_error(exc) and not isinstance(exc, KafkaError):
                     raise
