@@ -86,8 +86,8 @@ def test_stack_reuses_running_servers_and_down_leaves_them_alone(servers: Server
 def test_stack_starts_stops_only_its_own_servers(servers: Servers, tmp_path: Path) -> None:
     if servers.source != "local stack":
         pytest.skip("the local stack is not what serves this run")
-    ports = {"KAFKA_PORT": "19092", "KAFKA_CONTROLLER_PORT": "19093", "REDIS_PORT": "16379", "MONGO_PORT": "37017",
-             "POSTGRES_PORT": "15432"}
+    ports = {"KAFKA_PORT": "19092", "KAFKA_CONTROLLER_PORT": "19093", "KAFKA_SCRAM_PORT": "19094",
+             "KAFKA_SASL_SSL_PORT": "19095", "REDIS_PORT": "16379", "MONGO_PORT": "37017", "POSTGRES_PORT": "15432"}
     env = {"STACK_DIR": str(tmp_path / "own"), "FERRETDB_BACKEND": "sqlite", **ports}
     try:
         up = run_stack(["up"], env)
