@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# the worker is measured without spans (the dev install has the otel extra; no collector here)
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bson import ObjectId
 from pymongo import AsyncMongoClient

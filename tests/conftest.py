@@ -31,6 +31,10 @@ from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.settings import Settings
 
+# The dev install has the otel extra: with no collector to send to, spans stay off in tests
+# (and in the worker processes they start) unless a test turns them on (test_tracing_otel.py).
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "deploy" / "local" / "stack"
 

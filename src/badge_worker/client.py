@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -23,6 +23,7 @@ class Outcome:
     topic: str  # results or errors
     body: dict[str, Any]
     received_at: float
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def code(self) -> int:
@@ -49,15 +50,17 @@ class Publisher:
     def key_for(self, topic: str, body: Any) -> bytes | None:
         if not isinstance(body, dict):
             return None
-        field = "badgeMetaId" if topic == self.settings.topic_claims else "customerId"
-        value = body.get(field)
+        name = "badgeMetaId" if topic == self.settings.topic_claims else "customerId"
+        value = body.get(name)
         return None if value is None else str(value).encode()
 
-    async def send_many(self, topic: str, bodies: list[Any], *, raw: bool = False) -> list[Coord]:
+    async def send_many(self, topic: str, bodies: list[Any], *, raw: bool = False,
+                        headers: list[tuple[str, bytes]] | None = None) -> list[Coord]:
         futures = []
         for body in bodies:
             value = body if raw else json.dumps(body).encode()
-            futures.append((await self.producer.send(topic, value, key=self.key_for(topic, body)), time.time()))
+            futures.append((await self.producer.send(topic, value, key=self.key_for(topic, body), headers=headers),
+                            time.time()))
         coords = []
         for fut, started in futures:
             meta = await fut
@@ -66,8 +69,9 @@ class Publisher:
             coords.append(coord)
         return coords
 
-    async def send(self, topic: str, body: Any, *, raw: bool = False) -> Coord:
-        return (await self.send_many(topic, [body], raw=raw))[0]
+    async def send(self, topic: str, body: Any, *, raw: bool = False,
+                   headers: list[tuple[str, bytes]] | None = None) -> Coord:
+        return (await self.send_many(topic, [body], raw=raw, headers=headers))[0]
 
 
 class Collector:
@@ -102,7 +106,7 @@ class Collector:
                 headers = {k: v.decode() for k, v in rec.headers or ()}
                 coord = (headers.get(K.H_INPUT_TOPIC, ""), int(headers.get(K.H_INPUT_PARTITION, -1)),
                          int(headers.get(K.H_INPUT_OFFSET, -1)))
-                fresh.append(Outcome(coord, tp.topic, json.loads(rec.value or b"null"), now))
+                fresh.append(Outcome(coord, tp.topic, json.loads(rec.value or b"null"), now, headers))
         self.outcomes += fresh
         return fresh
 

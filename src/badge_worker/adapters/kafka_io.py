@@ -239,10 +239,21 @@ def _text_header(text: str, limit: int = MAX_ERROR_HEADER) -> bytes:
     return _clean_text(clip(text, limit)).encode("utf-8")
 
 
-def outcome_headers(record: InputRecord) -> Headers:
+def input_headers(record: InputRecord) -> Headers:
+    """Where an output's command came from."""
     return [(K.H_INPUT_TOPIC, _text_header(record.topic, 512)),
             (K.H_INPUT_PARTITION, str(record.partition).encode()),
             (K.H_INPUT_OFFSET, str(record.offset).encode())]
+
+
+def outcome_headers(record: InputRecord, span_id: str | None = None) -> Headers:
+    """Headers of an outcome or event: where its command came from, and the command's W3C
+    trace context (with the worker's span as parent when tracing is on)."""
+    headers = input_headers(record)
+    trace = record.trace
+    if trace is not None:
+        headers.extend(trace.headers(span_id))
+    return headers
 
 
 # Headers the DLQ copy writes itself; a producer's own values of them are not kept.
@@ -262,7 +273,7 @@ def dlq_headers(result: Result) -> Headers:
     errors = result.outcome.get("errors") or [{}]
     error = errors[0] if isinstance(errors[0], dict) else {}
     message = result.error_reason or str(error.get("message", ""))
-    headers = [*kept, *outcome_headers(record),
+    headers = [*kept, *input_headers(record),
                (K.H_ERROR_CODE, _text_header(str(error.get("code", "")), 16)),
                (K.H_ERROR_MESSAGE, _text_header(message))]
     if result.error_type:

@@ -49,12 +49,13 @@ async def _send_all(producer: AIOKafkaProducer, settings: Settings, results: lis
         key = r.record.key
         outcome, event = events.split(r.outcome)  # the event rides in the outcome dict, unpublished
         topic = settings.topic_results if r.ok else settings.topic_errors
-        out_key, value, headers = fit_record(key, kafka_io.encode(outcome), kafka_io.outcome_headers(r.record),
-                                             limit(topic))
+        headers = kafka_io.outcome_headers(r.record, r.span_id)
+        out_key, value, headers = fit_record(key, kafka_io.encode(outcome), headers, limit(topic))
         deliveries.append(await producer.send(topic, value, key=out_key, headers=headers))
         if event is not None:
+            headers = kafka_io.outcome_headers(r.record, r.span_id)
             out_key, value, headers = fit_record(kafka_io.event_key(event), kafka_io.encode_event(event),
-                                                 kafka_io.outcome_headers(r.record), limit(settings.topic_events))
+                                                 headers, limit(settings.topic_events))
             deliveries.append(await producer.send(settings.topic_events, value, key=out_key, headers=headers))
         if r.to_dlq:
             out_key, value, headers = fit_record(key, r.record.value, kafka_io.dlq_headers(r),

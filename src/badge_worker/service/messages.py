@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from badge_worker import constants as K
-from badge_worker import replay_marks
+from badge_worker import replay_marks, tracing
 from badge_worker.domain import events
 from badge_worker.domain.commands import Stream
 
@@ -54,6 +54,11 @@ class InputRecord:
             return bytes(found[0] or b"").decode("utf-8")
         except UnicodeDecodeError:
             return None
+
+    @cached_property
+    def trace(self) -> tracing.TraceContext | None:
+        """The producer's W3C trace context (traceparent/tracestate), if valid."""
+        return tracing.parse(self.headers) if self.headers else None
 
     @cached_property
     def replay_mark(self) -> ReplayMark | None:
@@ -110,6 +115,7 @@ class Result:
     ledger: Any = None  # the ledger entry (ObjectId) to store the outcome under
     error_type: str | None = None  # a 500: the class of the exception of its last attempt
     error_reason: str | None = None  # and its message
+    span_id: str | None = None  # the worker's OpenTelemetry span of this command (tracing.py), if any
 
     @property
     def event(self) -> dict[str, Any] | None:

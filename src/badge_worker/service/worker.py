@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from pymongo import AsyncMongoClient
 
-from badge_worker import replay_marks
+from badge_worker import replay_marks, tracing
 from badge_worker.adapters import kafka_io, redis_client
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
@@ -39,6 +39,7 @@ from badge_worker.service.messages import InputRecord
 from badge_worker.service.ownership import Bounds, NotOwned, Ownership, Partition, bounded
 from badge_worker.service.processor import Processor
 from badge_worker.settings import Settings, redact
+from badge_worker.tracing import BatchSpans
 
 log = structlog.get_logger("badge_worker.worker")
 
@@ -73,6 +74,7 @@ class Worker:
         self.size_limits: dict[str, int] = {}  # max.message.bytes of the output topics
         self.requests: RequestCache | None = None
         self.last_poll = time.monotonic()  # liveness: the consume loop goes round
+        self.tracing = tracing.from_env()  # None unless the otel extra is installed and enabled
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
@@ -161,6 +163,8 @@ class Worker:
             await quietly("mongodb", self.mongo.close(), 2)
         if health:
             await quietly("health", health.stop(), 1)
+        if self.tracing is not None:  # flush the spans still queued for export
+            await quietly("tracing", asyncio.to_thread(self.tracing.shutdown), 5)
         log.info("worker_stopped")
 
     def stop(self) -> None:
@@ -327,14 +331,19 @@ class Worker:
         assert self.requests is not None
         records = [kafka_io.to_input(r, self.settings, replay_secret=self.replay_secret) for r in raw]
         started = time.perf_counter()
+        spans: BatchSpans | None = None
         try:
             producer = await self.ownership.ready(part)
             records = self._from_committed(part, records)
             if not records:
                 return
+            spans = self._start_spans(part, records)
             # bounded: a batch that cannot finish is retried, never left to hold the loop
             results = await bounded(self.processor.process_batch(records), self.settings.batch_timeout_s,
                                     "partition batch")
+            if spans is not None:
+                for r in results:
+                    r.span_id = spans.span_id(r.record.offset)
             # 500s are not stored: a DLQ replay of them is meant to run them again
             decided = [r for r in results if r.ledger is not None and not r.replayed and r.code != 500]
             # MongoDB keeps the first outcome; if another run of a message stored one first,
@@ -345,27 +354,15 @@ class Worker:
                     r.outcome = stored[r.ledger]
             await self.requests.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in decided)
             await commit_batch(producer, self.settings, part.tp, records, results, self.bounds, self.size_limits)
-        except asyncio.CancelledError:
-            raise  # revoked, or shutdown past its grace: nothing was committed
-        except NotOwned:
-            if part.retired:  # revoked: the next owner starts from the committed offset
-                return
-            # Not ours any more (or not sure): rewind, pause and ask the group what we own.
-            if records and part.tp in self.consumer.assignment():
-                with contextlib.suppress(Exception):
-                    self.consumer.seek(part.tp, records[0].offset)
-            self.ownership.fence(part)
+        except BaseException as exc:
+            if spans is not None:
+                spans.finish(error=exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled (revoked, or shutdown past its grace): nothing was committed
+            await self._batch_failed(part, records, exc)
             return
-        except Exception as exc:
-            if isinstance(exc, FENCED_ERRORS):
-                self.ownership.fence(part)
-                return
-            if isinstance(exc, TimeoutError) or is_kafka_infra_error(exc):
-                await self.ownership.reset_producer(part)  # its transaction state is unknown
-            if not is_infra_error(exc):
-                log.error("batch_failed", topic=part.tp.topic, partition=part.tp.partition, exc_info=exc)
-            self._back_off(part, records[0].offset if records else None, exc)
-            return
+        if spans is not None:
+            spans.finish(results=results)
         part.delay = 0.0
         part.start_offset = records[-1].offset + 1
         if part.unreadable:
@@ -382,6 +379,36 @@ class Worker:
             LAG.labels(part.tp.topic, str(part.tp.partition)).set(max(0, highwater - (records[-1].offset + 1)))
         log.debug("batch_committed", topic=part.tp.topic, partition=part.tp.partition, records=len(records),
                   seconds=round(elapsed, 4))
+
+    async def _batch_failed(self, part: Partition, records: list[InputRecord], exc: Exception) -> None:
+        """Nothing of the batch was committed: fence, or rewind and back off."""
+        assert self.consumer is not None
+        if isinstance(exc, NotOwned):
+            if part.retired:  # revoked: the next owner starts from the committed offset
+                return
+            # Not ours any more (or not sure): rewind, pause and ask the group what we own.
+            if records and part.tp in self.consumer.assignment():
+                with contextlib.suppress(Exception):
+                    self.consumer.seek(part.tp, records[0].offset)
+            self.ownership.fence(part)
+            return
+        if isinstance(exc, FENCED_ERRORS):
+            self.ownership.fence(part)
+            return
+        if isinstance(exc, TimeoutError) or is_kafka_infra_error(exc):
+            await self.ownership.reset_producer(part)  # its transaction state is unknown
+        if not is_infra_error(exc):
+            log.error("batch_failed", topic=part.tp.topic, partition=part.tp.partition, exc_info=exc)
+        self._back_off(part, records[0].offset if records else None, exc)
+
+    def _start_spans(self, part: Partition, records: list[InputRecord]) -> BatchSpans | None:
+        if self.tracing is None or not records:
+            return None
+        try:
+            return BatchSpans(self.tracing, part.tp, records, self.settings.consumer_group)
+        except Exception as exc:  # tracing must never hold a partition: process untraced
+            log.warning("tracing_failed", error=type(exc).__name__, reason=str(exc)[:200])
+            return None
 
     def _from_committed(self, part: Partition, records: list[InputRecord]) -> list[InputRecord]:
         """Drop what is below the committed offset read after fencing the previous owner: it
