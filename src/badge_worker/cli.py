@@ -1,5 +1,5 @@
-"""badge-worker run | api | badges load FILE... | keys create|list|revoke | customers load FILE |
-dlq replay | counters check|rebuild | demo"""
+"""badge-worker: the badge earn processor and its operator tools. Settings come from the
+environment (README.md lists them); `badge-worker COMMAND --help` shows each command."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 
-from badge_worker import logs
+from badge_worker import logs, progress
 from badge_worker.adapters.kafka_io import KafkaSecurityError
 from badge_worker.adapters.mongo import BadgeOfAnotherOrg, Repositories
 from badge_worker.domain.models import BadgeDefinition
@@ -31,7 +32,8 @@ def load_badge_files(paths: list[Path]) -> list[BadgeDefinition]:
     return badges
 
 
-async def store_badges(settings: Settings, badges: list[BadgeDefinition]) -> int:
+async def store_badges(settings: Settings, badges: list[BadgeDefinition],
+                       report: progress.Report | None = None) -> int:
     """Upsert definitions (and create the indexes the worker needs). A definition already
     stored is updated but keeps the claims recorded by claim commands, which live in their
     own documents (Repositories.upsert_badge); counters keep their counts unless a window shape changed
@@ -40,18 +42,22 @@ async def store_badges(settings: Settings, badges: list[BadgeDefinition]) -> int
     try:
         repos = Repositories(client[settings.mongodb_database])
         await repos.ensure_indexes()
-        for badge in badges:
+        for done, badge in enumerate(badges, 1):
             try:
                 await repos.upsert_badge(badge)
             except BadgeOfAnotherOrg as exc:
                 raise SystemExit(f"{exc} (nothing after it was loaded)") from exc
+            if report is not None:
+                report(done, len(badges))
     finally:
         await client.close()
     return len(badges)
 
 
 async def load_badges(settings: Settings, paths: list[Path]) -> int:
-    return await store_badges(settings, load_badge_files(paths))
+    badges = load_badge_files(paths)
+    with progress.progress("badges") as report:
+        return await store_badges(settings, badges, report)
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -117,42 +123,92 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="badge-worker", description=__doc__)
+EXIT_CODES = """exit codes:
+  0   done (run/api: stopped by SIGTERM/SIGINT after draining)
+  1   done, but something needs a look: counters differ, customers or a badge file were
+      rejected, no such key, another dlq replay is running
+  2   bad command line (usage)
+  78  configuration error a restart does not fix: invalid settings, Kafka refused the
+      credentials or the TLS handshake (one JSON line on stderr names it)"""
+
+# Examples per command path; tests/unit/test_cli.py parses every one of them.
+EXAMPLES: dict[str, list[str]] = {
+    "": ["badge-worker run", "badge-worker badges load badges/*.json", "badge-worker dlq replay --code 500 --dry-run"],
+    "run": ["KAFKA_BOOTSTRAP_SERVERS=kafka:9092 REDIS_URL=redis://redis:6379/0 badge-worker run"],
+    "badges load": ["badge-worker badges load examples/badges.json",
+                    "badge-worker badges load one.json two.json"],
+    "dlq replay": ["badge-worker dlq replay --dry-run", "badge-worker dlq replay --code 500 --limit 100",
+                   "badge-worker dlq replay --topic badges.earns --org 100458"],
+    "counters check": ["badge-worker counters check", "badge-worker counters check --org 100458"],
+    "counters rebuild": ["badge-worker counters rebuild --badge 6566f1a2b3c4d5e6f7a8b9c0"],
+    "api": ["API_PORT=8080 badge-worker api"],
+    "keys create": ["badge-worker keys create --org 100458 --name 'loyalty dashboard'"],
+    "keys list": ["badge-worker keys list --org 100458"],
+    "keys revoke": ["badge-worker keys revoke k_0123456789abcdef"],
+    "customers load": ["badge-worker customers load customers.jsonl"],
+    "demo": ["badge-worker demo", "badge-worker demo --seeds ./seeds"],
+}
+
+
+def _epilog(path: str) -> str:
+    lines = ["examples:", *(f"  {example}" for example in EXAMPLES[path])]
+    return "\n".join(lines) + ("\n\n" + EXIT_CODES if not path else "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from badge_worker import __version__
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="badge-worker", description=__doc__, epilog=_epilog(""),
+                                     formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"badge-worker {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="consume commands until SIGTERM/SIGINT, then drain and commit")
-    badges = sub.add_parser("badges", help="badge definitions").add_subparsers(dest="action", required=True)
-    load = badges.add_parser("load", help="upsert definitions in the seed's Get-badge shape")
+
+    def command(parent: Any, name: str, path: str, text: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = parent.add_parser(name, help=text, description=text, epilog=_epilog(path),
+                                                          formatter_class=fmt)
+        return made
+
+    def group(name: str, text: str) -> Any:
+        return sub.add_parser(name, help=text, description=text).add_subparsers(dest="action", required=True)
+
+    command(sub, "run", "run", "consume commands until SIGTERM/SIGINT, then drain and commit")
+    badges = group("badges", "badge definitions")
+    load = command(badges, "load", "badges load", "upsert definitions in the seed's Get-badge shape")
     load.add_argument("files", nargs="+", type=Path)
-    dlq = sub.add_parser("dlq", help="dead-letter queue").add_subparsers(dest="action", required=True)
-    replay = dlq.add_parser("replay", help="re-publish DLQ records to their original topics, each at most once")
+    dlq = group("dlq", "dead-letter queue")
+    replay = command(dlq, "replay", "dlq replay", "re-publish DLQ records to their original topics, each at most once")
     replay.add_argument("--topic", help="only records that came from this input topic (exact name)")
     replay.add_argument("--code", type=int, help="only records rejected with this error code")
     replay.add_argument("--org", type=int, help="only records whose command has exactly this orgId")
     replay.add_argument("--limit", type=_non_negative, help="replay at most this many; the rest stay replayable")
     replay.add_argument("--dry-run", action="store_true", help="list what would be replayed; change nothing")
-    counters = sub.add_parser("counters", help="limit counters in Redis against MongoDB (docs/counters.md)"
-                              ).add_subparsers(dest="action", required=True)
+    counters = group("counters", "limit counters in Redis against MongoDB (docs/counters.md)")
     for action, text in (("check", "print where Redis's counts differ from MongoDB's; exit 1 if any do"),
                          ("rebuild", "rebuild the counters from MongoDB now")):
-        counter_cmd = counters.add_parser(action, help=text)
+        counter_cmd = command(counters, action, f"counters {action}", text)
         counter_cmd.add_argument("--badge", help="only this badgeMetaId")
         counter_cmd.add_argument("--org", type=int, help="only badges of this orgId")
-    sub.add_parser("api", help="serve the read API (CONTRACT.md section 6) on API_HOST:API_PORT until SIGTERM")
-    keys = sub.add_parser("keys", help="per-org API keys of the read API").add_subparsers(dest="action", required=True)
-    create = keys.add_parser("create", help="create a key for an org; the key is printed once, only a hash is kept")
+    command(sub, "api", "api", "serve the read API (CONTRACT.md section 6) on API_HOST:API_PORT until SIGTERM")
+    keys = group("keys", "per-org API keys of the read API")
+    create = command(keys, "create", "keys create", "create a key for an org; the key is printed once, only a hash "
+                     "is kept")
     create.add_argument("--org", type=int, required=True)
     create.add_argument("--name", default="", help="what the key is for")
-    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing = command(keys, "list", "keys list", "list keys (never their secrets)")
     listing.add_argument("--org", type=int)
-    revoke = keys.add_parser("revoke", help="revoke a key by its key id")
+    revoke = command(keys, "revoke", "keys revoke", "revoke a key by its key id")
     revoke.add_argument("key_id")
-    customers = sub.add_parser("customers", help="the customer registry (X-CAP-CUSTOMER-IDENTIFIER)"
-                               ).add_subparsers(dest="action", required=True)
-    customers_load = customers.add_parser("load", help="upsert customers from JSON lines or a JSON list")
+    customers = group("customers", "the customer registry (X-CAP-CUSTOMER-IDENTIFIER)")
+    customers_load = command(customers, "load", "customers load", "upsert customers from JSON lines or a JSON list")
     customers_load.add_argument("file", type=Path)
-    demo = sub.add_parser("demo", help="the main job: seed badges, sample commands, worker, outcome table")
+    demo = command(sub, "demo", "demo", "the main job: seed badges, sample commands, worker, outcome table")
     demo.add_argument("--seeds", type=Path, default=None, help="vendor API pages folder (default: packaged badges)")
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     try:
@@ -187,8 +243,9 @@ def _main(argv: list[str] | None) -> int:
         from badge_worker.service.replay import ReplayConflict, ReplayFilter, replay_dlq
 
         try:
-            report = asyncio.run(replay_dlq(settings, ReplayFilter(args.topic, args.code, args.org, args.limit),
-                                            dry_run=args.dry_run))
+            with progress.progress("dlq offsets") as show:
+                report = asyncio.run(replay_dlq(settings, ReplayFilter(args.topic, args.code, args.org, args.limit),
+                                                dry_run=args.dry_run, progress=show))
         except ReplayConflict as exc:
             print(f"dlq replay stopped: {exc}; run it again when the other run is done", file=sys.stderr)
             return 1

@@ -25,7 +25,7 @@ from badge_worker.settings import Settings
 from tests.integration.helpers import ORG, live_badge
 
 Headers = list[tuple[str, bytes]]
-QUIET: dict[str, Any] = {"progress": lambda _: None}
+QUIET: dict[str, Any] = {"progress": lambda *_: None}
 
 
 def dlq_headers(topic: str, partition: int, offset: int, code: int = 500, **extra: str) -> Headers:

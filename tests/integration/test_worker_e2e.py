@@ -147,25 +147,25 @@ async def test_poison_message_goes_to_the_dlq_and_replay_brings_it_back(
         assert [seen[c].code for c in coords] == [200, 500, 200, 400]
 
         # both poison messages are in the DLQ with their original bytes and coordinates
-        dry = await replay_dlq(s, ReplayFilter(), dry_run=True, progress=lambda _: None)
+        dry = await replay_dlq(s, ReplayFilter(), dry_run=True)
         assert dry.replayed == 2
         assert {i["origin"] for i in dry.items} == {f"{c[0]}/{c[1]}/{c[2]}" for c in (coords[1], coords[3])}
         assert {i["code"] for i in dry.items} == {"500", "400"}
 
         # an operator fixes the definition, then replays only the 500s
         await mongo.badges.replace_one({"_id": "later-b"}, live_badge("later-b").to_document())
-        report = await replay_dlq(s, ReplayFilter(code=500), progress=lambda _: None)
+        report = await replay_dlq(s, ReplayFilter(code=500))
         assert (report.replayed, report.skipped) == (1, 1)
         replayed = await collector.wait_for_new(1, 60)
         assert replayed[0].code == 200 and replayed[0].body["requestId"] == "p1"  # the same message, not 809
         # the 400 left out by the filter was not passed over: the next run replays it, and only it
-        again = await replay_dlq(s, ReplayFilter(), progress=lambda _: None)
+        again = await replay_dlq(s, ReplayFilter())
         assert again.replayed == 1 and [i["code"] for i in again.items] == ["400"]
         (first_400,) = await collector.wait_for_new(1, 60)
         assert first_400.code == 400 and first_400.body == seen[coords[3]].body  # its first outcome again
         # not JSON, it failed again: a new DLQ copy naming the first delivery. Any replay group
         # replays only that copy: each DLQ record is replayed at most once
-        report = await replay_dlq(s, ReplayFilter(), group=f"{s.consumer_group}.other", progress=lambda _: None)
+        report = await replay_dlq(s, ReplayFilter(), group=f"{s.consumer_group}.other")
         assert (report.replayed, report.already) == (1, 2)
         assert report.items[-1]["origin"] == f"{coords[3][0]}/{coords[3][1]}/{coords[3][2]}"
         more = await collector.wait_for_new(1, 60)

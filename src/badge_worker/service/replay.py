@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,12 +201,6 @@ def replay_transactional_id(settings: Settings) -> str:
     return f"{settings.consumer_group}.dlq-replay.{settings.topic_dlq}"
 
 
-def progress_bar(done: int, total: int, width: int = 30) -> str:
-    """Progress in offsets (transaction markers take offsets too, so not a record count)."""
-    filled = width if total == 0 else min(width, int(width * done / total))
-    return f"[{'#' * filled}{'.' * (width - filled)}] offset {done}/{total}"
-
-
 async def replay_committed(checker: AIOKafkaConsumer, mark: dict[str, Any],
                            timeout: float = SETTLE_TIMEOUT_S) -> bool | None:
     """Did the transaction that wrote this PENDING mark commit? True / False / None (cannot
@@ -241,11 +234,13 @@ async def replay_committed(checker: AIOKafkaConsumer, mark: dict[str, Any],
 
 
 async def replay_dlq(settings: Settings, flt: ReplayFilter, *, dry_run: bool = False,
-                     group: str | None = None, progress: Callable[[str], None] | None = None) -> ReplayReport:
+                     group: str | None = None, progress: Callable[[int, int], None] | None = None
+                     ) -> ReplayReport:
     """Replay what is in the DLQ now (up to its end offsets when called), each record at
-    most once (see the module docstring)."""
+    most once (see the module docstring). `progress` is told (offsets done, offsets in all):
+    offsets, not records, since transaction markers take offsets too."""
     group_id = group or f"{settings.consumer_group}.dlq-replay"
-    show = progress or (lambda line: print(line, end="\r", file=sys.stderr, flush=True))
+    show = progress or (lambda _done, _total: None)
     report = ReplayReport()
     run = uuid.uuid4().hex
     await kafka_io.check_security(settings)  # refused credentials: a clear error before anything starts
@@ -371,10 +366,9 @@ async def replay_dlq(settings: Settings, flt: ReplayFilter, *, dry_run: bool = F
             done = 0
             for tp in partitions:
                 done += min(await consumer.position(tp), ends[tp]) - starts[tp]
-            show(progress_bar(done, total))
+            show(done, total)
             remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
-        if total:
-            show(progress_bar(total, total) + "\n")
+        show(total, total)
         return report
     finally:
         if producer is not None:
