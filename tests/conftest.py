@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from badge_worker.adapters import redis_client as redis_connection
 from badge_worker.adapters.kafka_io import ensure_topics
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
@@ -136,7 +137,7 @@ async def mongo(settings: Settings) -> AsyncIterator[Repositories]:
 
 @pytest.fixture
 async def redis_client(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
+    client = redis_connection.connect(settings)  # a Redis Cluster client when REDIS_CLUSTER=true
     yield client
     with contextlib.suppress(Exception):
         keys = [k async for k in client.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000)]

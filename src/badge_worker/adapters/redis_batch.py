@@ -78,7 +78,9 @@ class ScriptBatcher:
                 return
             async with self.client.pipeline(transaction=False) as pipe:
                 for call in batch:
-                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+                    # execute_command, not pipe.evalsha: redis-py's cluster pipeline refuses the
+                    # latter by name, while it routes the raw command by its KEYS like any other
+                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
                 replies = await pipe.execute(raise_on_error=False)
             missing: list[_Call] = []
             for call, reply in zip(batch, replies, strict=True):

@@ -385,16 +385,11 @@ class RedisStore:
     async def reserve_many(self, items: Sequence[tuple[int, str, str, float, Sequence[LimitCheck], float | None]]
                            ) -> list[ReserveResult | NeedsRebuild]:
         """reserve() for many earns in one pipeline (one round trip), applied in this order:
-        items are (org, badge, requestId, event date, checks, now)."""
+        items are (org, badge, requestId, event date, checks, now). The calls are queued in
+        order in the same tick, so the script batcher sends them in one pipeline, in order."""
         calls = [self._reserve_call(org, badge, request_id, event_ts, checks, now, None, None)
                  for org, badge, request_id, event_ts, checks, now in items]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                await self._reserve(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
-        for i, reply in enumerate(replies):
-            if isinstance(reply, list) and reply and _text(reply[0]) == "KEYS":
-                replies[i] = await self._declared(self._reserve, *calls[i])
+        replies = list(await asyncio.gather(*(self._declared(self._reserve, keys, args) for keys, args in calls)))
         per_badge: dict[tuple[int, str], int] = {}
         for org, badge, *_ in items:
             per_badge[(org, badge)] = per_badge.get((org, badge), 0) + 1
