@@ -349,19 +349,20 @@ class Processor:
                     result = await counters.reserve_cold(self.store, self.repos, org, badge, cmd.requestId,
                                                          plan.event_ts, plan.checks, result)
             except NeedsRebuild as exc:
-                log.info("counters_need_rebuild", orgId=org, badgeMetaId=badge, why=exc.why)
-                await self.rebuild(org, badge)
+                await self.rebuild(org, badge, exc.why)
                 continue
             await counters.mark_badge(self.store, self.repos, org, badge)
             return result
         raise InfrastructureUnavailable("badge counters could not be rebuilt")
 
-    async def rebuild(self, org: int, badge_id: str) -> None:
+    async def rebuild(self, org: int, badge_id: str, why: str = "asked") -> None:
         """Rebuild a badge's counters from MongoDB (when Redis does not hold trusted ones);
-        concurrent callers of this process share one rebuild, other processes wait for it."""
+        concurrent callers of this process share one rebuild (logged once, by the first),
+        other processes wait for it."""
         key = (org, badge_id)
         running = self._rebuilds.get(key)
         if running is None:
+            log.info("counters_need_rebuild", orgId=org, badgeMetaId=badge_id, why=why)
             running = asyncio.ensure_future(self._rebuild(org, badge_id))
             self._rebuilds[key] = running
             running.add_done_callback(lambda _: self._rebuilds.pop(key, None))
