@@ -147,6 +147,7 @@ EXAMPLES: dict[str, list[str]] = {
     "keys revoke": ["badge-worker keys revoke k_0123456789abcdef"],
     "customers load": ["badge-worker customers load customers.jsonl"],
     "demo": ["badge-worker demo", "badge-worker demo --seeds ./seeds"],
+    "asyncapi": ["badge-worker asyncapi", "badge-worker asyncapi --check"],
 }
 
 
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     customers_load.add_argument("file", type=Path)
     demo = command(sub, "demo", "demo", "the main job: seed badges, sample commands, worker, outcome table")
     demo.add_argument("--seeds", type=Path, default=None, help="vendor API pages folder (default: packaged badges)")
+    asyncapi = command(sub, "asyncapi", "asyncapi", "write docs/asyncapi.yaml and docs/schemas from the code "
+                       "(a source checkout)")
+    asyncapi.add_argument("--check", action="store_true", help="change nothing; exit 1 if a committed file differs")
     return parser
 
 
@@ -261,6 +265,10 @@ def _main(argv: list[str] | None) -> int:
 
         run = run_check if args.action == "check" else run_rebuild
         return asyncio.run(run(settings, args.badge, args.org))
+    if args.command == "asyncapi":
+        from badge_worker import asyncapi as asyncapi_doc
+
+        return asyncapi_doc.main(["--check"] if args.check else [])
     if args.command == "demo":
         from badge_worker.demo import run_demo
 
