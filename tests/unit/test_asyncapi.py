@@ -21,7 +21,11 @@ def test_committed_files_are_what_the_code_generates() -> None:
 
 
 def test_generation_is_deterministic() -> None:
-    assert asyncapi.rendered(Settings.model_construct()) == asyncapi.rendered(Settings.model_construct())
+    files = asyncapi.rendered(Settings.model_construct())
+    assert files == asyncapi.rendered(Settings.model_construct())
+    assert all(text.endswith("\n") and not text.endswith("\n\n") for text in files.values())
+    # no YAML anchors/aliases: every shared value (the consumer group binding) written in full
+    assert "&id0" not in files[asyncapi.DOCS / "asyncapi.yaml"]
 
 
 def test_every_topic_has_a_channel_with_the_workers_partitions_and_operations_both_ways() -> None:
@@ -57,3 +61,43 @@ def test_schemas_say_what_the_contract_requires() -> None:
     assert schemas["Outcome"]["additionalProperties"] is False
     assert {"x-error-code", "x-input-topic", "x-original-timestamp"} <= set(schemas["DlqHeaders"]["required"])
     assert len(schemas["Event"]["oneOf"]) == 4
+
+
+def test_records_built_by_the_workers_own_encoders_match_the_schemas() -> None:
+    """No Kafka: the pure functions that build outcomes and events (the record test in
+    tests/integration/test_asyncapi_records.py does the same through a running worker)."""
+    from jsonschema import Draft202012Validator
+
+    from badge_worker.adapters import kafka_io
+    from badge_worker.domain import events
+    from badge_worker.domain.errors import ErrorCode, reject
+    from badge_worker.domain.outcomes import envelope
+
+    def check(name: str, instance: object) -> list[str]:
+        schema = json.loads((asyncapi.DOCS / "schemas" / f"{name}.json").read_text())
+        return [e.message for e in Draft202012Validator(schema).iter_errors(instance)]
+
+    now = 1_726_204_639.822
+    owner = {"ownerType": "Loyalty", "referenceId": "prog-1"}
+    built = [
+        events.badge_earned(1, "r1", now, customer_id=7, badge_id="b", earn_id="e", earned_on=now, event_date=now,
+                            issued_id=None, expires_on=now + 86400, triggered_by=owner,
+                            constraints=[{"constraintLevel": "CUSTOMER", "constraintType": "CUSTOMER_BADGE_FIXED_VALUE",
+                                          "maxEarnLimit": 3, "currentEarnCount": 1, "windowStart": None,
+                                          "windowEnd": None}]),
+        events.badge_issued(1, "r2", now, customer_id=7, badge_id="b", issual_id="i", issued_on=now,
+                            expires_on=None, triggered_by=None),
+        events.badge_earn_revoked(1, "r3", now, customer_id=7, badge_id="b", earn_id="e"),
+        events.badge_issue_revoked(1, "r4", now, customer_id=7, badge_id="b", issual_ids=["i", "j"]),
+    ]
+    for event in built:
+        body = json.loads(kafka_io.encode_event(event))
+        assert not check("Event", body), (body, check("Event", body))
+    ok = envelope("earn", 1, "r1", {"earnedBadgeId": "e"})
+    refused = envelope("earn", 1, "r5", None, reject(ErrorCode.CUSTOMER_LIMIT_REACHED, field="x"))
+    unreadable = envelope(None, None, None, None, reject(ErrorCode.INVALID_VALUE, "message is not a JSON object"))
+    for outcome in (ok, refused, unreadable, events.split(events.attach(ok, built[0]))[0]):
+        body = json.loads(kafka_io.encode(outcome))
+        assert not check("Outcome", body), (body, check("Outcome", body))
+    # the private event key never leaves the worker; the schema would refuse it
+    assert check("Outcome", json.loads(kafka_io.encode(events.attach(ok, built[0]))))
