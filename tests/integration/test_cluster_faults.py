@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
 
 from badge_worker.adapters.kafka_io import ensure_topics
 from badge_worker.adapters.mongo import Repositories
@@ -30,6 +31,7 @@ from tests.conftest import WorkerProcess
 from tests.integration import cluster
 from tests.integration.cluster import cluster_settings  # noqa: F401 - the session fixture
 from tests.integration.helpers import ORG, live_badge, load
+from tests.integration.test_resilience import settle, wait_count
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -87,25 +89,29 @@ async def on_cluster(cluster_settings: Settings) -> AsyncIterator[tuple[Settings
         with contextlib.suppress(Exception):
             await client.drop_database(s.mongodb_database)
         await client.close()
+        await drop_keys(s)
+
+
+async def drop_keys(s: Settings) -> None:
+    """This test's Redis keys, on every primary: left behind, they pile up run after run and
+    slow every later failover and resync (a full copy of a primary to its replica)."""
+    for node in await cluster.redis_nodes():
+        if node.role != "master" or node.failed:
+            continue
+        with contextlib.suppress(Exception):
+            client = Redis(host="127.0.0.1", port=node.port)
+            try:
+                keys = [k async for k in client.scan_iter(match=f"{s.redis_key_prefix}:*", count=1000)]
+                for key in keys:  # one by one: keys of different slots (UNLINK of many must share one)
+                    await client.unlink(key)
+            finally:
+                await client.aclose()
 
 
 async def set_pool_cap(repos: Repositories, cap: int) -> None:
     """The `pool` badge, capped at `cap` earns in all."""
     await load(repos, live_badge("pool", badgeConstraints=[{"constraintType": "BADGE_FIXED_VALUE",
                                                             "maxEarnLimit": cap}]))
-
-
-async def wait_outcomes(collector: Collector, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while len(collector.outcomes) < count:
-        assert time.monotonic() < deadline, f"only {len(collector.outcomes)} of {count} outcomes"
-        await collector.poll(100)
-
-
-async def settle(collector: Collector, seconds: float = 3.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        await collector.poll(300)
 
 
 async def check_exactly_once_and_limits(collector: Collector, coords: list[Coord], work: Workload,
@@ -171,13 +177,13 @@ async def test_a_broker_sigkilled_mid_stream_loses_and_duplicates_nothing(
     workers = start_workers(s, log, 2, worker_processes)
     async with Collector(s) as collector, Publisher(s) as pub:
         publishing = asyncio.create_task(pub.send_many(s.topic_earns, work.bodies("bk")))
-        await wait_outcomes(collector, 1_000, 300)
+        await wait_count(collector, 1_000, 300)
         leaders = await cluster.partition_leaders([s.topic_earns])
         victim = max((n for n in leaders if n > 0), key=lambda n: len(leaders[n]))  # leads the most input partitions
         cluster.kill_broker(victim)
         killed_at = len(collector.outcomes)
         fenced_s = await cluster.wait_broker_gone(victim, 60)
-        await wait_outcomes(collector, killed_at + 1_000, 300)  # progress on two brokers
+        await wait_count(collector, killed_at + 1_000, 300)  # progress on two brokers
         down_outcomes = len(collector.outcomes) - killed_at
         coords = await publishing
         await cluster.start_broker(victim)
@@ -212,7 +218,7 @@ async def test_a_redis_primary_sigkilled_mid_stream_keeps_every_limit(
     workers = start_workers(s, log, 2, worker_processes)
     async with Collector(s) as collector, Publisher(s) as pub:
         publishing = asyncio.create_task(pub.send_many(s.topic_earns, work.bodies("rk")))
-        await wait_outcomes(collector, 1_500, 300)
+        await wait_count(collector, 1_500, 300)
         replica = next(n for n in await cluster.redis_nodes() if n.master_id == owner.node_id)
         cluster.kill_redis(owner.port)
         killed_at = len(collector.outcomes)
@@ -243,7 +249,7 @@ async def test_a_badge_slot_migrated_while_earns_run_keeps_every_limit(
     async with Collector(s) as collector, Publisher(s) as pub:
         publishing = asyncio.create_task(pub.send_many(s.topic_earns, work.bodies("rs")))
         for threshold, badge in ((1_000, "cap"), (2_500, "pool"), (4_000, "cap")):
-            await wait_outcomes(collector, threshold, 300)
+            await wait_count(collector, threshold, 300)
             tag = f"{{{ORG}:{badge}}}"
             source = await cluster.owner_of(tag)
             target = next(n for n in await cluster.redis_nodes()
@@ -270,10 +276,10 @@ async def test_workers_joining_and_leaving_mid_stream_exactly_once(
     first = start_workers(s, log, 2, worker_processes)
     async with Collector(s) as collector, Publisher(s) as pub:
         publishing = asyncio.create_task(pub.send_many(s.topic_earns, work.bodies("rb")))
-        await wait_outcomes(collector, 1_500, 300)
+        await wait_count(collector, 1_500, 300)
         joined = start_workers(s, log, 1, worker_processes)  # a third joins: partitions move to it
         joined_at = len(collector.outcomes)
-        await wait_outcomes(collector, joined_at + 1_500, 300)
+        await wait_count(collector, joined_at + 1_500, 300)
         left_rc = first[0].terminate(90)  # one leaves: SIGTERM, it drains and commits
         left_at = len(collector.outcomes)
         coords = await publishing
