@@ -105,11 +105,16 @@ class Tracing:
                                     trace_flags=self._flags(int(context.flags, 16)), trace_state=state)
         return self._trace.set_span_in_context(self._non_recording(parent))
 
+    @staticmethod
+    def _where(topic: str, partition: int) -> dict[str, Any]:
+        """The messaging attributes a batch span and a command span share."""
+        return {"messaging.system": "kafka", "messaging.operation.type": "process",
+                "messaging.destination.name": topic, "messaging.destination.partition.id": str(partition)}
+
     def batch(self, topic: str, partition: int, size: int, group: str) -> Any:
         return self._tracer.start_span(f"batch {topic}", kind=self._trace.SpanKind.CONSUMER, attributes={
-            "messaging.system": "kafka", "messaging.operation.type": "process",
-            "messaging.destination.name": topic, "messaging.destination.partition.id": str(partition),
-            "messaging.consumer.group.name": group, "messaging.batch.message_count": size})
+            **self._where(topic, partition), "messaging.consumer.group.name": group,
+            "messaging.batch.message_count": size})
 
     def command(self, batch: Any, topic: str, partition: int, offset: int,
                 context: TraceContext | None, start_ns: int) -> Any:
@@ -118,10 +123,8 @@ class Tracing:
         parent = self._remote(context) if context else self._trace.set_span_in_context(batch)
         links = [self._trace.Link(batch.get_span_context())] if context else None
         return self._tracer.start_span(f"process {topic}", context=parent, kind=self._trace.SpanKind.CONSUMER,
-                                       start_time=start_ns, links=links, attributes={
-            "messaging.system": "kafka", "messaging.operation.type": "process",
-            "messaging.destination.name": topic, "messaging.destination.partition.id": str(partition),
-            "messaging.kafka.offset": offset})
+                                       start_time=start_ns, links=links,
+                                       attributes={**self._where(topic, partition), "messaging.kafka.offset": offset})
 
     @staticmethod
     def span_id(span: Any) -> str | None:

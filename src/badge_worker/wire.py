@@ -166,23 +166,25 @@ class BadgeIssueRevoked(_Event):
 Event = Annotated[BadgeEarned | BadgeIssued | BadgeEarnRevoked | BadgeIssueRevoked, Field(discriminator="eventName")]
 
 
-class OutputHeaders(_Input):
-    """Headers of every outcome and event record."""
+class _FromInput(_Input):
+    """Where an output's command came from: on every outcome, event and DLQ copy."""
 
     x_input_topic: str = Field(alias="x-input-topic", description="the command's topic")
     x_input_partition: str = Field(alias="x-input-partition", description="its partition (decimal)")
     x_input_offset: str = Field(alias="x-input-offset", description="its offset (decimal)")
+
+
+class OutputHeaders(_FromInput):
+    """Headers of every outcome and event record."""
+
     traceparent: str | None = Field(None, description="W3C trace context, when the command carried a valid one")
     tracestate: str | None = None
     x_truncated: str | None = Field(None, alias="x-truncated", description="an oversized record was cut")
 
 
-class DlqHeaders(_Input):
+class DlqHeaders(_FromInput):
     """Headers of a DLQ copy: the command's own headers, then these."""
 
-    x_input_topic: str = Field(alias="x-input-topic")
-    x_input_partition: str = Field(alias="x-input-partition")
-    x_input_offset: str = Field(alias="x-input-offset")
     x_error_code: str = Field(alias="x-error-code", description="the outcome's error code")
     x_error_message: str = Field(alias="x-error-message")
     x_error_type: str | None = Field(None, alias="x-error-type", description="500: the exception's class")
