@@ -120,7 +120,12 @@ async def _flushall_mid_stream(s: Settings, mongo: Repositories, redis_client: R
     assert flushed_at < len(bodies)
     assert Counter(collector.count_by_input()[c] for c in coords) == Counter({1: len(bodies)})
     codes = Counter(seen[c].code for c in coords)
-    assert codes == Counter({200: 400, 830: 400, 831: 400})
+    assert set(codes) == {200, 830, 831} and codes[200] == 400  # the lifetime cap, used in full, never more
+    # Without a flush the split is exactly 400/400: a customer's second attempt is 830 once its first
+    # was accepted. Right after a FLUSHALL the rebuilt counters hold in-flight earns provisionally, so
+    # a first attempt may be refused (831) while a slot is held that is then given back, and that
+    # customer's second attempt is accepted: the split moves by a few, the limits do not.
+    assert 390 <= codes[830] <= 400 and codes[830] + codes[831] == 800, codes
     # the truth in MongoDB holds every limit
     docs = await mongo.earned.find({"badgeMetaId": "flush-b", "status": "ACTIVE"}).to_list()
     assert len(docs) == 400
