@@ -339,8 +339,11 @@ async def replay_dlq(settings: Settings, flt: ReplayFilter, *, dry_run: bool = F
                 assert secret is not None
                 await producer.begin_transaction()
                 try:
-                    sent = [await producer.send(p.target, p.value, key=p.key, headers=replay_headers(p, secret),
-                                                timestamp_ms=int(p.original_ts))
+                    # Kafka timestamp: now, not the original time (that rides in the signed
+                    # header). A record stamped older than the input topic's retention.ms
+                    # would be deleted by the broker's next retention check, before the
+                    # worker had read it.
+                    sent = [await producer.send(p.target, p.value, key=p.key, headers=replay_headers(p, secret))
                             for _, _, p in chosen]
                     written = await asyncio.gather(*sent)
                     try:
