@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from bson import ObjectId
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
@@ -25,6 +26,8 @@ from badge_worker.adapters.mongo_batch import WriteBatcher, is_transient_write_e
 from badge_worker.adapters.redis_store import CounterRef, HeldEarn
 from badge_worker.domain.models import BadgeDefinition, Claim
 from badge_worker.domain.rules import EarnedRecord, EarnStatus, IssueRecord
+
+log = structlog.get_logger("badge_worker.mongo")
 
 Doc = dict[str, Any]
 
@@ -297,7 +300,12 @@ class Repositories:
 
         async def run() -> None:
             try:
-                pending.done.set_result(await self._load_resume(pending.keys, pending.kinds))
+                began = time.monotonic()
+                state = await self._load_resume(pending.keys, pending.kinds)
+                pending.done.set_result(state)
+                log.info("resume_loaded", keys=len(state.keys), ledger=len(state.ledger),
+                         outcomes=len(state.outcomes), intents=len(state.intents), earned=len(state.earned),
+                         seconds=round(time.monotonic() - began, 3))
             except asyncio.CancelledError:
                 pending.done.cancel()
                 raise
@@ -310,42 +318,48 @@ class Repositories:
 
     async def _load_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str], chunk: int = 5000
                            ) -> ResumeState:
+        """The ledger and the stored outcomes first; the collections a command writes only for
+        the keys whose ledger entry has no outcome yet (the others are answered from it, and a
+        key with no ledger entry wrote nothing). On FerretDB a `$in` costs a comparison per
+        document per key, so every key left out of the later reads is worth it."""
         state = ResumeState(keys=set(keys))
         wanted = set(kinds)
         earns = bool(wanted & {"earn", "revokeEarn"})
         issues = bool(wanted & {"issue", "revokeIssue"})
-        by_org: dict[int, list[str]] = {}
-        for org, request_id in state.keys:
-            by_org.setdefault(org, []).append(request_id)
+
+        def by_org(request_keys: Iterable[RequestKey]) -> list[tuple[int, list[str]]]:
+            grouped: dict[int, list[str]] = {}
+            for org, request_id in request_keys:
+                grouped.setdefault(org, []).append(request_id)
+            return [(org, ids[start:start + chunk]) for org, ids in grouped.items()
+                    for start in range(0, len(ids), chunk)]
+
+        for org, ids in by_org(state.keys):
+            state.ledger.update({(org, d["requestId"]): d async for d in
+                                 self.requests.find({"orgId": org, "requestId": {"$in": ids}})})
+        ledger_ids = [d["_id"] for d in state.ledger.values()]
+        for start in range(0, len(ledger_ids), chunk):
+            state.outcomes.update({d["_id"]: d["outcome"] async for d in
+                                   self.outcomes.find({"_id": {"$in": ledger_ids[start:start + chunk]}})})
+        undecided = [key for key, d in state.ledger.items() if d["_id"] not in state.outcomes]
 
         async def nothing() -> list[Doc]:
             return []
 
-        async def load(org: int, request_ids: list[str]) -> None:
-            flt = {"orgId": org, "requestId": {"$in": request_ids}}
-            ledger, earned, intents, rejected, issued, revoked = await asyncio.gather(
-                self.requests.find(flt).to_list(),
+        for org, ids in by_org(undecided):
+            flt = {"orgId": org, "requestId": {"$in": ids}}
+            earned, intents, rejected, issued, revoked = await asyncio.gather(
                 self.earned.find(flt).to_list() if earns else nothing(),
                 self.intents.find(flt).to_list() if earns else nothing(),
                 self.rejections.find(flt, {"requestId": 1}).to_list() if earns else nothing(),
                 self.issues.find(flt).to_list() if issues else nothing(),
-                self.issues.find({"orgId": org, "revokedBy": {"$in": request_ids}}, {"_id": 1, "revokedBy": 1})
+                self.issues.find({"orgId": org, "revokedBy": {"$in": ids}}, {"_id": 1, "revokedBy": 1})
                 .to_list() if issues else nothing())
             state.rejected.update((org, d["requestId"]) for d in rejected)
-            for target, docs in ((state.ledger, ledger), (state.earned, earned), (state.intents, intents),
-                                 (state.issues, issued)):
+            for target, docs in ((state.earned, earned), (state.intents, intents), (state.issues, issued)):
                 target.update({(org, d["requestId"]): d for d in docs})
             for d in revoked:
                 state.revoked_issues.setdefault((org, d["revokedBy"]), []).append(str(d["_id"]))
-
-        for org, ids in by_org.items():
-            for start in range(0, len(ids), chunk):
-                await load(org, ids[start:start + chunk])
-        if state.ledger:
-            ids = [d["_id"] for d in state.ledger.values()]
-            for start in range(0, len(ids), chunk):
-                state.outcomes.update({d["_id"]: d["outcome"] async for d in
-                                       self.outcomes.find({"_id": {"$in": ids[start:start + chunk]}})})
         return state
 
     async def ledger_insert_many(self, items: Sequence[tuple[int, str, str, str]]) -> list[LedgerEntry | None]:
