@@ -128,6 +128,9 @@ class Repositories:
         self.rejections = db[K.REJECTIONS]
         self.writes = WriteBatcher()
         self.prefetch_window = 0.05  # seconds the batches of other partitions may join a read
+        # after a restart every partition's first batch asks, a few 10 ms apart (measured: two
+        # loads 60 ms apart, each reading every collection): a longer wait makes them one
+        self.restart_window = 0.5
         self._prefetch: _Prefetch | None = None
         self._prefetching: set[asyncio.Future[None]] = set()
 
@@ -278,9 +281,11 @@ class Repositories:
             return True
 
     # ---- the requestId ledger
-    async def prefetch_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str] | None = None) -> ResumeState:
+    async def prefetch_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str] | None = None, *,
+                              restart: bool = False) -> ResumeState:
         """What MongoDB holds for `keys` (see ResumeState); `kinds`: the command types among
-        them, so that only the collections they write are read.
+        them, so that only the collections they write are read; `restart`: some were in flight
+        when a worker stopped (the batches of other partitions are waited for longer).
 
         The batches of every partition that ask within PREFETCH_WINDOW_S share one read: on
         FerretDB each find reads the whole collection whatever its filter (measured: seconds
@@ -289,7 +294,8 @@ class Repositories:
         pending = self._prefetch
         if pending is None:
             pending = self._prefetch = _Prefetch(asyncio.get_running_loop().create_future())
-            asyncio.get_running_loop().call_later(self.prefetch_window, self._start_prefetch, pending)
+            window = self.restart_window if restart else self.prefetch_window
+            asyncio.get_running_loop().call_later(window, self._start_prefetch, pending)
         pending.keys.update(keys)
         pending.kinds.update(kinds if kinds is not None else ("earn", "issue"))
         return await asyncio.shield(pending.done)

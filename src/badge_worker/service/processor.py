@@ -127,7 +127,8 @@ class Processor:
                   if claims[i].resuming or claims[i].first_origin is not None or (i in fresh and i not in entries)]
         resume = await self.repos.prefetch_resume(
             [(decoded[i].orgId, decoded[i].requestId) for i in unsure],  # type: ignore[misc]
-            {decoded[i].type.value for i in unsure}) if unsure else None  # type: ignore[union-attr]
+            {decoded[i].type.value for i in unsure},  # type: ignore[union-attr]
+            restart=any(claims[i].resuming for i in unsure)) if unsure else None
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(decoded):
             key = item.entity_key if isinstance(item, Command) else ("undecodable", i)
