@@ -135,7 +135,7 @@ def fresh(base: Settings, **overrides: object) -> Settings:
         "mongodb_database": f"bench_{tag}", "consumer_group": f"bench-{tag}", "topic_claims": f"b{tag}.claims",
         "topic_earns": f"b{tag}.earns", "topic_results": f"b{tag}.results", "topic_errors": f"b{tag}.errors",
         "topic_dlq": f"b{tag}.dlq", "topic_events": f"b{tag}.events", "redis_key_prefix": f"bench{tag}",
-        "http_port": 0, "log_level": "WARNING", **overrides})
+        "http_port": 0, "log_level": os.environ.get("BENCH_LOG_LEVEL", "WARNING"), **overrides})
 
 
 PROFILE: Path | None = None  # --profile: py-spy samples each worker into this folder
