@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis
 
 from badge_worker.adapters.mongo import Repositories
@@ -116,3 +116,55 @@ async def test_every_query_the_worker_issues_is_served_by_an_index_it_creates(
     unserved = sorted({(name, coll, fields, sort) for name, coll, fields, sort in shapes.seen
                        if not served(fields, sort, indexes.get(coll, []))})
     assert unserved == [], f"queries without an index: {unserved}; indexes: {indexes}"
+
+
+class Finds(monitoring.CommandListener):
+    """The requestIds each find asked a collection about (its `requestId: {$in}` filter)."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, set[str]] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name != "find":
+            return
+        flt = event.command.get("filter") or {}
+        wanted = flt.get("requestId")
+        ids = wanted.get("$in", []) if isinstance(wanted, dict) else [wanted] if wanted is not None else []
+        self.asked.setdefault(str(event.command["find"]), set()).update(str(i) for i in ids)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_a_restart_reads_the_per_command_collections_only_for_keys_without_a_stored_outcome(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    """A worker killed after storing the outcomes of 30 earns (not yet cached in Redis) and
+    before storing those of 10 more: the restarted worker reads the ledger and the outcomes
+    for all 40, and earned badges, intents and rejections only for the 10 left undecided."""
+    await load(mongo, live_badge("resume-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}]))
+    finds = Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
+    try:
+        repos = Repositories(client[settings.mongodb_database])
+        store = RedisStore(redis_client, settings.redis_key_prefix)
+        cache = RequestCache(redis_client, settings.redis_key_prefix)
+        # customers 0..19 earn twice (the second is refused), 20..39 once
+        batch = [record(i, {"orgId": ORG, "requestId": f"r{i}", "badgeMetaId": "resume-b",
+                            "customerId": 1000 + i % 20}) for i in range(40)]
+        first = await Processor(repos, store, cache, badge_cache_ttl=60).process_batch(batch)
+        await repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first[:30] if r.ledger is not None)
+        finds.asked.clear()
+        again = await Processor(repos, store, cache, badge_cache_ttl=60).process_batch(batch)
+    finally:
+        await client.close()
+    assert {r.code for r in first} == {200, 830}
+    assert [r.outcome for r in again] == [r.outcome for r in first]  # the same answers, stored or redone
+    everyone = {f"r{i}" for i in range(40)}
+    undecided = {f"r{i}" for i in range(30, 40)}
+    assert finds.asked.get("requests") == everyone
+    for collection in ("earned_badges", "earn_intents", "earn_rejections"):
+        assert finds.asked.get(collection) == undecided, (collection, finds.asked)
