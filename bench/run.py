@@ -147,6 +147,8 @@ def start_worker(s: Settings, instance: str, log: Path) -> subprocess.Popen[byte
         if value is not None:
             env[name.upper()] = str(value)
     env["GROUP_INSTANCE_ID"] = instance
+    if os.environ.get("BENCH_WORKER_SRC"):  # bench/ab.py: the worker runs another revision's code
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["BENCH_WORKER_SRC"], env.get("PYTHONPATH")]))
     out = log.open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "badge_worker.cli", "run"], env=env, stdout=out, stderr=out)
     if PROFILE is not None:
