@@ -123,13 +123,11 @@ class Finds(monitoring.CommandListener):
 
     def __init__(self) -> None:
         self.asked: dict[str, set[str]] = {}
-        self.with_in = 0  # finds with a `$in` anywhere in their filter
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name != "find":
             return
         flt = event.command.get("filter") or {}
-        self.with_in += any(isinstance(v, dict) and "$in" in v for v in flt.values())
         wanted = flt.get("requestId")
         ids = wanted.get("$in", []) if isinstance(wanted, dict) else [wanted] if wanted is not None else []
         self.asked.setdefault(str(event.command["find"]), set()).update(str(i) for i in ids)
@@ -170,33 +168,3 @@ async def test_a_restart_reads_the_per_command_collections_only_for_keys_without
     assert finds.asked.get("requests") == everyone
     for collection in ("earned_badges", "earn_intents", "earn_rejections"):
         assert finds.asked.get(collection) == undecided, (collection, finds.asked)
-
-
-async def test_a_duplicate_requestid_is_checked_with_equality_finds(
-        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
-    """Two messages reusing the requestIds of earlier ones, in a batch of fresh earns: the
-    ledger is asked about those two only, by equality (FerretDB evaluates a `$in` over every
-    document itself, but hands an equality to PostgreSQL: ~5 ms against ~490 ms measured)."""
-    await load(mongo, live_badge("dup-b"))
-    finds = Finds()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
-    try:
-        repos = Repositories(client[settings.mongodb_database])
-        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix),
-                              RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
-        first = await processor.process_batch(
-            [record(i, {"orgId": ORG, "requestId": f"d{i}", "badgeMetaId": "dup-b", "customerId": 1 + i})
-             for i in range(20)])
-        finds.asked.clear()
-        finds.with_in = 0
-        second = await processor.process_batch(
-            [record(100 + i, {"orgId": ORG, "requestId": f"n{i}", "badgeMetaId": "dup-b", "customerId": 50 + i})
-             for i in range(20)] +
-            [record(200 + i, {"orgId": ORG, "requestId": f"d{i}", "badgeMetaId": "dup-b", "customerId": 1 + i})
-             for i in (3, 7)])
-    finally:
-        await client.close()
-    assert {r.code for r in first} == {200}
-    assert [r.code for r in second] == [200] * 20 + [809, 809]
-    assert finds.asked.get("requests") == {"d3", "d7"}
-    assert finds.with_in == 0

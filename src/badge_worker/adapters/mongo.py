@@ -115,26 +115,6 @@ class LedgerEntry:
     new: bool
 
 
-# Up to this many values, a read asks one equality find per value (sent together) rather than
-# one `$in`: FerretDB hands an equality on a field to PostgreSQL but evaluates a `$in` itself
-# over every document of the collection (measured over 8,000 documents under load: an
-# equality find 5 ms, a `$in` of one value 487 ms; ten equality finds 67 ms, a `$in` of ten
-# 697 ms). On MongoDB both are index lookups. A batch with a duplicate requestId or two
-# (another message used it first) reads that little; a restart's in-flight hundreds use `$in`.
-FEW_VALUES = 64
-
-
-async def _select(collection: AsyncCollection[Doc], key: str, values: Sequence[Any], org: int | None = None,
-                  projection: Doc | None = None) -> list[Doc]:
-    """The documents whose `key` is one of `values` (and whose orgId is `org`, if given)."""
-    base: Doc = {} if org is None else {"orgId": org}
-    if len(values) <= FEW_VALUES:
-        found = await asyncio.gather(*(collection.find({**base, key: value}, projection).to_list()
-                                       for value in values))
-        return [d for docs in found for d in docs]
-    return await collection.find({**base, key: {"$in": list(values)}}, projection).to_list()
-
-
 class Repositories:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
         self.db = db
@@ -347,8 +327,7 @@ class Repositories:
         """The ledger and the stored outcomes first; the collections a command writes only for
         the keys whose ledger entry has no outcome yet (the others are answered from it, and a
         key with no ledger entry wrote nothing). On FerretDB a `$in` costs a comparison per
-        document per key, so every key left out of the later reads is worth it, and a few keys
-        are read with equality finds (see FEW_VALUES)."""
+        document per key, so every key left out of the later reads is worth it."""
         state = ResumeState(keys=set(keys))
         wanted = set(kinds)
         earns = bool(wanted & {"earn", "revokeEarn"})
@@ -362,23 +341,26 @@ class Repositories:
                     for start in range(0, len(ids), chunk)]
 
         for org, ids in by_org(state.keys):
-            state.ledger.update({(org, d["requestId"]): d for d in await _select(self.requests, "requestId", ids, org)})
+            state.ledger.update({(org, d["requestId"]): d async for d in
+                                 self.requests.find({"orgId": org, "requestId": {"$in": ids}})})
         ledger_ids = [d["_id"] for d in state.ledger.values()]
         for start in range(0, len(ledger_ids), chunk):
-            state.outcomes.update({d["_id"]: d["outcome"] for d in
-                                   await _select(self.outcomes, "_id", ledger_ids[start:start + chunk])})
+            state.outcomes.update({d["_id"]: d["outcome"] async for d in
+                                   self.outcomes.find({"_id": {"$in": ledger_ids[start:start + chunk]}})})
         undecided = [key for key, d in state.ledger.items() if d["_id"] not in state.outcomes]
 
         async def nothing() -> list[Doc]:
             return []
 
         for org, ids in by_org(undecided):
+            flt = {"orgId": org, "requestId": {"$in": ids}}
             earned, intents, rejected, issued, revoked = await asyncio.gather(
-                _select(self.earned, "requestId", ids, org) if earns else nothing(),
-                _select(self.intents, "requestId", ids, org) if earns else nothing(),
-                _select(self.rejections, "requestId", ids, org, {"requestId": 1}) if earns else nothing(),
-                _select(self.issues, "requestId", ids, org) if issues else nothing(),
-                _select(self.issues, "revokedBy", ids, org, {"_id": 1, "revokedBy": 1}) if issues else nothing())
+                self.earned.find(flt).to_list() if earns else nothing(),
+                self.intents.find(flt).to_list() if earns else nothing(),
+                self.rejections.find(flt, {"requestId": 1}).to_list() if earns else nothing(),
+                self.issues.find(flt).to_list() if issues else nothing(),
+                self.issues.find({"orgId": org, "revokedBy": {"$in": ids}}, {"_id": 1, "revokedBy": 1})
+                .to_list() if issues else nothing())
             state.rejected.update((org, d["requestId"]) for d in rejected)
             for target, docs in ((state.earned, earned), (state.intents, intents), (state.issues, issued)):
                 target.update({(org, d["requestId"]): d for d in docs})
