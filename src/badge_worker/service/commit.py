@@ -60,7 +60,7 @@ class _Outputs:
         partitions = self.partitions.get(topic)
         if partitions is None:
             partitions = self.partitions[topic] = sorted(await self.producer.partitions_for(topic))
-        partition = partitions[len(key or b"") % len(partitions)]
+        partition = _PARTITIONER(key, partitions, partitions)
         builder = self.open.get((topic, partition))
         if builder is None:
             builder = self.open[(topic, partition)] = self.producer.create_batch()
