@@ -293,11 +293,13 @@ def kill_redis(port: int) -> None:
     _sigkill(redis_pidfile(port))
 
 
-async def wait_failover(dead_port: int, timeout: float = 30) -> tuple[int, float]:
+async def wait_failover(dead_port: int, timeout: float = 30, before_kill: list[Any] | None = None
+                        ) -> tuple[int, float]:
     """After the master on `dead_port` died: (port of the replica promoted in its place,
     seconds it took) once that replica serves all the dead master's slots and the live
-    nodes say cluster_state:ok."""
-    before = {n.port: n for n in await redis_nodes()}
+    nodes say cluster_state:ok. `before_kill`: redis_nodes() taken before the kill (read after
+    it, a fast failover may already have taken the dead node's slots away)."""
+    before = {n.port: n for n in (before_kill if before_kill is not None else await redis_nodes())}
     dead = before[dead_port]
     assert dead.role == "master" and dead.slots, f"{dead_port} was no master with slots"
     result: dict[str, int] = {}

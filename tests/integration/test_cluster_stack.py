@@ -161,6 +161,7 @@ def _cluster_client(settings: Settings) -> RedisCluster:
 async def test_killed_master_is_replaced_by_its_replica_and_rejoins(cluster_settings: Settings) -> None:  # noqa: F811
     settings = cluster.with_unique_names(cluster_settings)
     key = f"{settings.redis_key_prefix}:failover"
+    await cluster.wait_cluster_ok(60)  # an earlier fault test's node may still be settling
     client = _cluster_client(settings)
     try:
         await client.set(key, "kept")
@@ -168,9 +169,10 @@ async def test_killed_master_is_replaced_by_its_replica_and_rejoins(cluster_sett
         direct = Redis(port=master.port)
         assert await direct.execute_command("WAIT", 1, 2000) == 1, "the replica has the write"  # type: ignore[no-untyped-call]
         await direct.aclose()
-        replica = next(n for n in await cluster.redis_nodes() if n.master_id == master.node_id)
+        nodes = await cluster.redis_nodes()
+        replica = next(n for n in nodes if n.master_id == master.node_id)
         cluster.kill_redis(master.port)
-        promoted, seconds = await cluster.wait_failover(master.port, timeout=20)
+        promoted, seconds = await cluster.wait_failover(master.port, timeout=20, before_kill=nodes)
         assert promoted == replica.port
         assert seconds < 15, f"failover took {seconds:.1f}s"
         assert await _get_retrying(client, key) == b"kept"

@@ -85,7 +85,8 @@ async def test_redis_flushall_mid_stream_never_exceeds_a_limit(
     (of a Redis of this test's own, so that no other test loses its data)."""
     port = free_port()
     server = start_redis(port, tmp_path)
-    s = topics.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    # batches of 50: with 500 a fast machine committed all 1,200 earns before the first flush
+    s = topics.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0", "batch_max_records": 50})
     redis_client = Redis.from_url(s.redis_url)
     try:
         await _flushall_mid_stream(s, mongo, redis_client)
