@@ -152,7 +152,7 @@ async def test_a_restart_reads_the_per_command_collections_only_for_keys_without
         repos = Repositories(client[settings.mongodb_database])
         store = RedisStore(redis_client, settings.redis_key_prefix)
         cache = RequestCache(redis_client, settings.redis_key_prefix)
-        # customers 0..19 earn twice (the second is refused), 20..39 once
+        # customers 0..19 earn twice each: the first fits, the second is refused (830)
         batch = [record(i, {"orgId": ORG, "requestId": f"r{i}", "badgeMetaId": "resume-b",
                             "customerId": 1000 + i % 20}) for i in range(40)]
         first = await Processor(repos, store, cache, badge_cache_ttl=60).process_batch(batch)
