@@ -22,6 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from badge_worker import constants as K
+from badge_worker.adapters import stored_outcome
 from badge_worker.adapters.mongo_batch import WriteBatcher, is_transient_write_error
 from badge_worker.adapters.redis_store import CounterRef, HeldEarn
 from badge_worker.domain.models import BadgeDefinition, Claim
@@ -345,7 +346,7 @@ class Repositories:
                                  self.requests.find({"orgId": org, "requestId": {"$in": ids}})})
         ledger_ids = [d["_id"] for d in state.ledger.values()]
         for start in range(0, len(ledger_ids), chunk):
-            state.outcomes.update({d["_id"]: d["outcome"] async for d in
+            state.outcomes.update({d["_id"]: stored_outcome.outcome_of(d) async for d in
                                    self.outcomes.find({"_id": {"$in": ledger_ids[start:start + chunk]}})})
         undecided = [key for key, d in state.ledger.items() if d["_id"] not in state.outcomes]
 
@@ -403,7 +404,8 @@ class Repositories:
             if doc is None:  # pragma: no cover - the duplicate vanished; nothing deletes ledger docs
                 raise
             stored = await self.outcomes.find_one({"_id": doc["_id"]})
-            return LedgerEntry(doc["_id"], doc["origin"], None if stored is None else stored["outcome"], new=False)
+            outcome = None if stored is None else stored_outcome.outcome_of(stored)
+            return LedgerEntry(doc["_id"], doc["origin"], outcome, new=False)
 
     async def ledger_store_outcomes(self, items: Iterable[tuple[ObjectId, Doc]]) -> dict[ObjectId, Doc]:
         """Keep the first outcome of each ledger entry: inserted under the entry's _id (batched
@@ -413,8 +415,8 @@ class Repositories:
         message overlapped: a zombie, a revoked batch): the caller publishes those instead."""
         now = time.time()
         items = list(items)
-        results = await self.writes.insert_each(self.outcomes, [{"_id": ledger_id, "outcome": outcome,
-                                                                 "decidedAt": now} for ledger_id, outcome in items])
+        results = await self.writes.insert_each(self.outcomes, [stored_outcome.document(ledger_id, outcome, now)
+                                                                for ledger_id, outcome in items])
         earlier: list[ObjectId] = []
         for (ledger_id, _), result in zip(items, results, strict=True):
             if isinstance(result, DuplicateKeyError):
@@ -423,7 +425,7 @@ class Repositories:
                 raise result
         if not earlier:
             return {}
-        return {d["_id"]: d["outcome"] async for d in self.outcomes.find({"_id": {"$in": earlier}})}
+        return {d["_id"]: stored_outcome.outcome_of(d) async for d in self.outcomes.find({"_id": {"$in": earlier}})}
 
     # ---- issues
     async def active_issues(self, org: int, customer: int, badge_id: str) -> list[IssueRecord]:
