@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from badge_worker.adapters import stored_outcome
+from badge_worker.adapters.mongo import counter_refs, pack, unpack
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text()
@@ -41,3 +42,18 @@ def test_an_outcome_stored_as_a_document_by_an_earlier_version_is_read() -> None
 def test_a_stored_text_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(ValueError, match="not a JSON object"):
         stored_outcome.outcome_of({"_id": 1, stored_outcome.TEXT: "[1, 2]"})
+
+
+def test_limits_and_constraints_are_packed_as_text_and_read_back_either_way() -> None:
+    limits = [{"kind": "l", "counter": "c:1:x:life"}, {"kind": "c", "counter": "b:y:w:1", "end": 1796500557.9313276},
+              {"kind": "z", "counter": "b:z:r:1WEEKS", "roll": 604800.0}]
+    body = {"_id": ObjectId(), "eventDate": 10.0, "limits": limits, "earnConstraints": [{"currentEarnCount": 2}],
+            "triggeredBy": {"ownerType": "LOYALTY", "referenceId": "r"}}
+    packed = pack(body)
+    assert isinstance(packed["limits"], str) and isinstance(packed["earnConstraints"], str)
+    assert packed["triggeredBy"] == body["triggeredBy"]  # the read API queries and returns it: left as is
+    assert body["limits"] is limits  # the caller's document is not changed
+    stored = BSON.decode(BSON.encode(packed))
+    assert counter_refs(dict(stored)) == counter_refs(body)  # an array (earlier versions) or text: the same
+    assert unpack(stored) == body
+    assert pack(packed) == packed  # packing twice changes nothing

@@ -22,7 +22,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from badge_worker import constants as K
-from badge_worker.adapters import stored_outcome
+from badge_worker.adapters import json_text, stored_outcome
 from badge_worker.adapters.mongo_batch import WriteBatcher, is_transient_write_error
 from badge_worker.adapters.redis_store import CounterRef, HeldEarn
 from badge_worker.domain.models import BadgeDefinition, Claim
@@ -38,8 +38,24 @@ def badge_key(badge_id: str) -> Any:
     return ObjectId(badge_id) if ObjectId.is_valid(badge_id) else badge_id
 
 
+# Fields of intents and earned badges kept as JSON text (adapters/json_text.py): only the
+# worker reads them back, whole. Documents written before hold them as arrays; both are read.
+PACKED_FIELDS = ("limits", "earnConstraints")
+
+
+def pack(doc: Doc) -> Doc:
+    return {k: json_text.dumps(v) if k in PACKED_FIELDS and not isinstance(v, str) else v for k, v in doc.items()}
+
+
+def unpack(doc: Doc) -> Doc:
+    for k in PACKED_FIELDS:
+        if isinstance(doc.get(k), str):
+            doc[k] = json_text.loads(doc[k])
+    return doc
+
+
 def counter_refs(doc: Doc) -> list[CounterRef]:
-    return [CounterRef.from_doc(x, doc["eventDate"]) for x in doc.get("limits", [])]
+    return [CounterRef.from_doc(x, doc["eventDate"]) for x in unpack(doc).get("limits") or []]
 
 
 def as_object_id(value: str) -> ObjectId | None:
@@ -364,7 +380,7 @@ class Repositories:
                 .to_list() if issues else nothing())
             state.rejected.update((org, d["requestId"]) for d in rejected)
             for target, docs in ((state.earned, earned), (state.intents, intents), (state.issues, issued)):
-                target.update({(org, d["requestId"]): d for d in docs})
+                target.update({(org, d["requestId"]): unpack(d) for d in docs})
             for d in revoked:
                 state.revoked_issues.setdefault((org, d["revokedBy"]), []).append(str(d["_id"]))
         return state
@@ -435,14 +451,15 @@ class Repositories:
 
     async def _insert_once(self, collection: AsyncCollection[Doc], body: Doc) -> Doc:
         """Insert `body` unless its (orgId, requestId) is there already: the stored document
-        either way (new, or the one written before a crash or by an earlier delivery)."""
+        either way (new, or the one written before a crash or by an earlier delivery), with
+        its PACKED_FIELDS as they were given."""
         try:
-            await self.writes.insert(collection, body)
+            await self.writes.insert(collection, pack(body))
             return body
         except DuplicateKeyError:
             found = await collection.find_one({"orgId": body["orgId"], "requestId": body["requestId"]})
             assert found is not None
-            return found
+            return unpack(found)
 
     async def insert_issue(self, org: int, request_id: str, doc: Doc) -> Doc:
         return await self._insert_once(self.issues, {"orgId": org, "requestId": request_id, "status": "ACTIVE", **doc})
@@ -488,7 +505,12 @@ class Repositories:
                                                      "status": EarnStatus.ACTIVE, **doc})
 
     async def find_earned_by_request(self, org: int, request_id: str) -> Doc | None:
-        return await self.earned.find_one({"orgId": org, "requestId": request_id})
+        found = await self.earned.find_one({"orgId": org, "requestId": request_id})
+        return None if found is None else unpack(found)
+
+    async def find_intent(self, org: int, request_id: str) -> Doc | None:
+        found = await self.intents.find_one({"orgId": org, "requestId": request_id})
+        return None if found is None else unpack(found)
 
     async def get_earned(self, org: int, earned_id: str) -> tuple[EarnedRecord, Doc] | None:
         oid = as_object_id(earned_id)
@@ -499,6 +521,7 @@ class Repositories:
         doc = await self.earned.find_one({"_id": oid})
         if doc is None or doc.get("orgId") != org:
             return None
+        unpack(doc)
         return EarnedRecord(str(doc["_id"]), doc["customerId"], doc["badgeMetaId"], doc["status"]), doc
 
     async def revoke_earned(self, earned_id: Any, by_request: str) -> None:

@@ -10,10 +10,9 @@ versions (`outcome`) are still read.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import orjson
+from badge_worker.adapters import json_text
 
 Doc = dict[str, Any]
 TEXT = "outcomeJson"
@@ -21,7 +20,7 @@ LEGACY = "outcome"
 
 
 def document(ledger_id: Any, outcome: Doc, decided_at: float) -> Doc:
-    return {"_id": ledger_id, TEXT: _text(outcome), "decidedAt": decided_at}
+    return {"_id": ledger_id, TEXT: json_text.dumps(outcome), "decidedAt": decided_at}
 
 
 def outcome_of(doc: Doc) -> Doc:
@@ -29,17 +28,8 @@ def outcome_of(doc: Doc) -> Doc:
     if text is None:
         legacy: Doc = doc[LEGACY]
         return legacy
-    try:
-        loaded = orjson.loads(text)
-    except ValueError:  # the stdlib's escapes of what orjson refuses (a lone surrogate)
-        loaded = json.loads(text)
+    loaded = json_text.loads(text)
     if not isinstance(loaded, dict):
         raise ValueError(f"stored outcome {doc.get('_id')} is not a JSON object")
     return loaded
 
-
-def _text(outcome: Doc) -> str:
-    try:
-        return orjson.dumps(outcome).decode()
-    except (TypeError, ValueError):  # lone surrogates, integers beyond 64 bits: the stdlib escapes them
-        return json.dumps(outcome, separators=(",", ":"))

@@ -40,7 +40,7 @@ class Resume:
         """The earn intent the first run inserted, if any."""
         if self.state is not None:
             return self.state.intents.get(self.key)
-        return await self.repos.intents.find_one(self._flt)
+        return await self.repos.find_intent(*self.key)
 
     async def was_rejected(self) -> bool:
         """Whether the first run marked its intent refused (unknown: assume it may have)."""
