@@ -185,7 +185,7 @@ async def test_one_event_per_successful_command_and_none_for_anything_else(
     assert events["v1"]["data"]["revokedOn"] == events["v1"]["createdAt"]
     assert events["v3"]["data"]["issualIds"] == [issue["issualId"]] and events["v3"]["data"]["issualId"] == \
         issue["issualId"]
-    stored = await mongo.earned.find_one({"requestId": "e4"})
+    stored = await mongo.find_earned_by_request(ORG, "e4")  # as the worker reads it back (JSON text stored)
     assert stored is not None and stored["earnConstraints"] == events["e4"]["data"]["earnConstraints"]
 
 
