@@ -65,13 +65,15 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ processes
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """utime + stime (threads included); `reaped`: plus the CPU of its exited children."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime (threads included)
+    own = int(fields[11]) + int(fields[12])
+    return (own + int(fields[13]) + int(fields[14]) if reaped else own) / TICK
 
 
 ALL_POSTGRES = -1  # the "pid" of PostgreSQL: its CPU is the sum over all its processes
@@ -83,7 +85,9 @@ def postgres_seconds() -> float:
         if proc.name.isdigit():
             try:
                 if (proc / "comm").read_text().strip() == "postgres":
-                    total += cpu_seconds(int(proc.name))
+                    # with the reaped children: a backend that exits (a killed worker's
+                    # connections) moves its CPU to the postmaster's instead of out of the sum
+                    total += cpu_seconds(int(proc.name), reaped=True)
             except OSError:
                 continue
     return total

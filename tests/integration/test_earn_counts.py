@@ -109,7 +109,7 @@ async def test_counts_agree_with_a_model_of_the_counters(store: RedisStore, redi
         for c in {c.counter: c for c in checks}.values():
             taken.setdefault(c.counter, []).append(t)
         assert result.counts == tuple(model_count(c, taken, t) for c in checks), n
-    keys = [k async for k in redis_client.scan_iter(match=f"{store.prefix}:{{1:{tag}}}:*")]
+    keys = [k async for k in redis_client.scan_iter(match=f"{store.prefix}:{{1:{tag}}}:*", count=10_000)]
     if keys:
         await redis_client.delete(*keys)
 

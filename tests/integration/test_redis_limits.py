@@ -145,6 +145,6 @@ async def test_lua_agrees_with_the_domain_rule(store: RedisStore, redis_client, 
         else:
             check = checks[got.index]
             assert rules.limit_rejection(check, LimitUsage(got.count, got.blocking_event)).detail == expected.detail
-    keys = [k async for k in redis_client.scan_iter(match=f"{store.prefix}:{{1:{tag}}}:*")]
+    keys = [k async for k in redis_client.scan_iter(match=f"{store.prefix}:{{1:{tag}}}:*", count=10_000)]
     if keys:
         await redis_client.delete(*keys)
