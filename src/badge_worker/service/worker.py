@@ -247,14 +247,22 @@ class Worker:
             "fetch")
         if not batch:
             return batch
-        for tp in sorted(consumer.assignment() - consumer.paused()):
-            have = len(batch.get(tp, ()))
-            if have >= size:
-                continue
-            more = (await bounded(consumer.getmany(tp, timeout_ms=0, max_records=size - have),
-                                  self.bounds.kafka_call, "fetch")).get(tp)
-            if more:
-                batch[tp] = [*batch.get(tp, ()), *more]
+        try:
+            for tp in sorted(consumer.assignment() - consumer.paused()):
+                have = len(batch.get(tp, ()))
+                if have >= size:
+                    continue
+                more = (await bounded(consumer.getmany(tp, timeout_ms=0, max_records=size - have),
+                                      self.bounds.kafka_call, "fetch")).get(tp)
+                if more:
+                    batch[tp] = [*batch.get(tp, ()), *more]
+        except BaseException:
+            # The client has moved past what this round took: put every partition back to its
+            # first record, or a failed top-up would lose the records taken before it.
+            for tp, records in batch.items():
+                with contextlib.suppress(Exception):
+                    consumer.seek(tp, records[0].offset)
+            raise
         return batch
 
     async def _before_unreadable(self) -> dict[TopicPartition, list[Any]]:
