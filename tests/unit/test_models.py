@@ -205,6 +205,20 @@ def test_identity_follows_the_window_shape(body: dict[str, object], edit: dict[s
     assert ident({**body, **edit}) != ident(body)
 
 
+@pytest.mark.parametrize(("body", "edit"), [
+    (FIXED_WINDOW, {"refreshRate": 3}), (BADGE_ROLLING, {"rollValue": 8}), (LIFETIME, {"referenceId": "ref-1"}),
+])
+def test_identity_is_remembered_until_a_field_changes(body: dict[str, object], edit: dict[str, object]) -> None:
+    constraint = Constraint.model_validate(body)
+    assert constraint.identity() == constraint.identity() == ident(body)
+    copied = constraint.model_copy(update=edit)  # a copy with other fields is named afresh
+    assert copied.identity() == ident({**body, **edit}) != constraint.identity()
+    for field, value in edit.items():
+        setattr(constraint, field, value)  # so is the constraint itself, changed in place
+    assert constraint.identity() == ident({**body, **edit})
+    assert "_identity" not in constraint.model_dump()
+
+
 def test_identity_normalises_equivalent_spellings() -> None:
     assert ident({**FIXED_WINDOW, "durationType": "WEEKLY"}) == ident(FIXED_WINDOW)
     assert ident({**FIXED_WINDOW, "startDate": "2024-01-31T12:00:00Z"}) == ident(FIXED_WINDOW)

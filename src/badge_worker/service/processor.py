@@ -103,6 +103,14 @@ class Processor:
         self.max_attempts = max_attempts
         self._slots = asyncio.Semaphore(concurrency)
         self._rebuilds: dict[tuple[int, str], asyncio.Future[None]] = {}
+        self._handlers = {
+            CommandType.CLAIM: self._claim,
+            CommandType.UNCLAIM: self._claim,
+            CommandType.ISSUE: self._issue,
+            CommandType.EARN: self._earn,
+            CommandType.REVOKE_ISSUE: self._revoke_issue,
+            CommandType.REVOKE_EARN: self._revoke_earn,
+        }
 
     # ------------------------------------------------------------------ batch
     async def process_batch(self, records: Sequence[InputRecord]) -> list[Result]:
@@ -232,15 +240,7 @@ class Processor:
         return Result(record, envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, rejection))
 
     async def _execute(self, cmd: Command, now: float, resume: Resume | None) -> Doc:
-        handler = {
-            CommandType.CLAIM: self._claim,
-            CommandType.UNCLAIM: self._claim,
-            CommandType.ISSUE: self._issue,
-            CommandType.EARN: self._earn,
-            CommandType.REVOKE_ISSUE: self._revoke_issue,
-            CommandType.REVOKE_EARN: self._revoke_earn,
-        }[cmd.type]
-        decided = await handler(cmd, now, resume)
+        decided = await self._handlers[cmd.type](cmd, now, resume)
         if isinstance(decided, Rejection):
             return envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, decided)
         # the event rides with the outcome: stored, cached and replayed with it (domain/events.py)
