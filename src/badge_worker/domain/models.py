@@ -276,9 +276,13 @@ class Constraint(_Open):
         limit. Whoever takes counts must take a shared counter once per earn, not once per
         constraint (see docs/counters.md).
         """
-        if self._identity is None:
-            self._identity = self._compute_identity()
-        return self._identity
+        memo = self.__pydantic_private__  # read directly: `self._identity` costs more than the digest lookup
+        if memo is None:  # pragma: no cover - pydantic sets it for a model with private attributes
+            return self._compute_identity()
+        known: str | None = memo.get("_identity")
+        if known is None:
+            known = memo["_identity"] = self._compute_identity()
+        return known
 
     def _compute_identity(self) -> str:
         if self.referenceId:
