@@ -158,6 +158,18 @@ async def partition_leaders(topics: list[str] | None = None) -> dict[int, list[t
     return leaders
 
 
+async def leader_of(topic: str, partition: int, timeout: float = 30) -> int:
+    """The node leading (topic, partition), waiting for it: a topic just created may not be
+    in the metadata yet, or its partition have no leader yet."""
+    found: list[int] = []
+
+    async def known() -> bool:
+        found[:] = [n for n, tps in (await partition_leaders([topic])).items() if (topic, partition) in tps and n >= 0]
+        return bool(found)
+    await _until(f"a leader for {topic}/{partition}", known, timeout, 0.2)
+    return found[0]
+
+
 async def brokers_registered() -> set[int]:
     admin = await _admin()
     try:

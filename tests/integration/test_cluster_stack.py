@@ -106,7 +106,7 @@ async def test_transactions_survive_a_broker_sigkill(cluster_settings: Settings)
     await ensure_topics(settings)
     topic = settings.topic_results
     # the node that leads partition 0 goes: its partitions need a new leader mid-test
-    victim = next(n for n, tps in (await cluster.partition_leaders([topic])).items() if (topic, 0) in tps)
+    victim = await cluster.leader_of(topic, 0)
     producer = make_transactional_producer(settings, f"{settings.consumer_group}.cluster-test")
     await producer.start()
     try:
