@@ -11,7 +11,6 @@ Both are a cache: a miss sends the caller to the ledger, never to a different an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from badge_worker import constants as K
+from badge_worker.adapters import json_text
 
 
 @dataclass(frozen=True)
@@ -79,17 +79,10 @@ class RequestCache:
         async with self.client.pipeline(transaction=False) as pipe:
             count = 0
             for org, request_id, outcome in items:
-                pipe.set(self.outcome_key(org, request_id), _dumps(outcome), px=ttl_ms)
+                pipe.set(self.outcome_key(org, request_id), json_text.dumps(outcome), px=ttl_ms)
                 count += 1
             if count:
                 await pipe.execute()
-
-
-def _dumps(outcome: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(outcome)
-    except TypeError:  # what orjson refuses (see kafka_io.encode) the stdlib writes
-        return json.dumps(outcome, separators=(",", ":")).encode()
 
 
 def _claim(origin: str, previous: Any, cached: Any) -> RequestClaim:
