@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     redis_max_connections: int = 64
     # a MongoDB request the server never answers becomes a retryable NetworkTimeout after this
     mongodb_socket_timeout_ms: int = 30_000
+    # MongoDB write batches in flight at once (adapters/mongo_batch.py); 1 = one writer, which a
+    # store that refuses concurrent writers (FerretDB on SQLite) falls back to by itself
+    mongodb_write_flushes: int = Field(default=4, ge=1, le=64)
     max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0

@@ -83,3 +83,66 @@ async def test_a_clean_batch_is_still_one_insert_many(mongo: Repositories, monke
                                                           *({"_id": ObjectId(), "i": i} for i in range(5))])
     assert isinstance(results[0], OverflowError) and results[1:] == [None] * 5
     assert calls == [6, 1, 1, 1, 1, 1, 1]  # the batch, then one by one
+
+
+async def test_collections_of_one_flush_are_written_side_by_side(
+        mongo: Repositories, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two collections' inserts of one flush overlap (each waits on the server at once), and a
+    flush of one writer (flushes=1) still writes them one after the other."""
+    first, second = mongo.db["batch_side_a"], mongo.db["batch_side_b"]
+    original = type(first).insert_many
+    running: list[int] = []
+    most: list[int] = []
+
+    async def slow(self: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        running.append(1)
+        most.append(len(running))
+        await asyncio.sleep(0.05)
+        try:
+            return await original(self, documents, *args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(type(first), "insert_many", slow)
+    for flushes, overlap in ((4, 2), (1, 1)):
+        most.clear()
+        batcher = WriteBatcher(flushes=flushes)
+        results = await asyncio.gather(*(batcher.insert(c, {"_id": ObjectId()}) for c in (first, second) * 5))
+        assert results == [None] * 10
+        assert max(most) == overlap, flushes
+    assert await first.count_documents({}) == 10 and await second.count_documents({}) == 10
+
+
+async def test_writes_queued_while_every_flush_is_busy_all_land(mongo: Repositories) -> None:
+    """More callers than flushes, arriving tick after tick: each write lands and each caller hears."""
+    collection = mongo.db["batch_busy"]
+    batcher = WriteBatcher(flushes=2)
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(0.001 * (i % 7))
+        await batcher.insert(collection, {"_id": i})
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(300))), 60)
+    assert await collection.count_documents({}) == 300
+    assert not batcher._flushers and not batcher._queue and not batcher._starting
+
+
+async def test_a_lock_error_turns_the_batcher_into_one_writer(
+        mongo: Repositories, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FerretDB on SQLite refuses a second writer (SQLITE_BUSY): that write is retried and from
+    then on one flush runs at a time."""
+    collection = mongo.db["batch_busy_lock"]
+    original = type(collection).insert_many
+    refused: list[int] = []
+
+    async def busy_once(self: Any, documents: Any, *args: Any, **kwargs: Any) -> Any:
+        if not refused:
+            refused.append(1)
+            raise OperationFailure("database is locked (SQLITE_BUSY)", 1)
+        return await original(self, documents, *args, **kwargs)
+
+    monkeypatch.setattr(type(collection), "insert_many", busy_once)
+    batcher = WriteBatcher(flushes=4)
+    assert await insert_all(batcher, collection, [{"_id": i} for i in range(5)]) == [None] * 5
+    assert refused == [1] and batcher.flushes == 1
+    assert await collection.count_documents({}) == 5

@@ -133,7 +133,7 @@ class LedgerEntry:
 
 
 class Repositories:
-    def __init__(self, db: AsyncDatabase[Doc]) -> None:
+    def __init__(self, db: AsyncDatabase[Doc], *, write_flushes: int = 4) -> None:
         self.db = db
         self.badges = db[K.BADGES]
         self.claims = db[K.BADGE_CLAIMS]
@@ -143,7 +143,7 @@ class Repositories:
         self.outcomes = db[K.OUTCOMES]
         self.intents = db[K.INTENTS]
         self.rejections = db[K.REJECTIONS]
-        self.writes = WriteBatcher()
+        self.writes = WriteBatcher(flushes=write_flushes)
         self.prefetch_window = 0.05  # seconds the batches of other partitions may join a read
         # after a restart every partition's first batch asks, a few 10 ms apart (measured: two
         # loads 60 ms apart, each reading every collection): a longer wait makes them one
