@@ -1,6 +1,7 @@
 """One round of the consume loop's fetch, on a real broker: up to one batch of every
-partition with records (not the first partitions' whole buffers), and nothing lost when
-a fetch fails half-way through a round."""
+partition with records (not the first partitions' whole buffers), nothing lost when a
+fetch fails half-way through a round, and a partition whose batch is still running never
+holding the others back."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from badge_worker.adapters import kafka_io
+from badge_worker.service.ownership import Partition
 from badge_worker.service.worker import Worker
 from badge_worker.settings import Settings
 
@@ -121,3 +123,52 @@ async def read_all_buffered(worker: Worker) -> None:
             if worker.consumer.highwater(tp):
                 break
             await asyncio.sleep(0.05)
+
+
+async def test_a_slow_partition_does_not_hold_the_others(topics: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partition 0's first batch hangs; every other partition meanwhile runs all its batches,
+    one at a time and in order; partition 0 then goes on from where it was, never with two
+    batches at once. (Rounds that waited for every batch gave each partition one batch and
+    then waited for the hung one.)"""
+    tps = await backlog(topics)
+    worker = await assigned_worker(topics, tps)
+    consumer = worker.consumer
+    assert consumer is not None
+    for tp in tps:
+        worker.ownership.partitions[tp] = Partition(tp, generation=1)
+    release = asyncio.Event()
+    seen: dict[int, list[str]] = {}
+    running: set[int] = set()
+    overlaps: list[int] = []
+
+    async def process(part: Partition, raw: list[Any]) -> None:
+        p = part.tp.partition
+        if p in running:
+            overlaps.append(p)
+        running.add(p)
+        try:
+            if p == 0 and not seen.get(0):
+                await release.wait()
+            await asyncio.sleep(0.01)
+            seen.setdefault(p, []).extend(r.value.decode() for r in raw)
+        finally:
+            running.discard(p)
+
+    monkeypatch.setattr(worker, "_process_chunks", process)
+    try:
+        others = PER_PARTITION * (len(tps) - 1)
+        async with asyncio.timeout(60):  # a loop that waits for the hung batch never gets past this
+            while sum(len(v) for p, v in seen.items() if p != 0) < others:
+                await worker._poll_once()
+        assert {p: len(v) for p, v in seen.items()} == {p: PER_PARTITION for p in range(1, len(tps))}
+        assert 0 in running  # still hung, and the others are done
+        release.set()
+        async with asyncio.timeout(60):
+            while len(seen.get(0, ())) < PER_PARTITION:
+                await worker._poll_once()
+            await worker._drain()
+        assert seen == in_order(len(tps)) and overlaps == []
+    finally:
+        release.set()
+        await worker._drain()
+        await consumer.stop()
