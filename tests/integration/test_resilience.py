@@ -128,8 +128,10 @@ async def _flushall_mid_stream(s: Settings, mongo: Repositories, redis_client: R
     # customer's second attempt is accepted: the split moves by a few, the limits do not. A flush
     # can move at most the earns in flight then (up to one batch of every partition, 4 x 50 here);
     # measured: up to 10 moved when a round took the first partitions' whole buffers, 11 with one
-    # batch of every partition per round (more of them in flight at once).
-    assert 375 <= codes[830] <= 400 and codes[830] + codes[831] == 800, codes
+    # batch of every partition per round (more of them in flight at once), 27 with concurrent
+    # MongoDB write flushes (more intents already stored, so held provisionally, at the flush).
+    # The band is one batch (50), far below what two flushes could move (2 x 4 x 50).
+    assert 350 <= codes[830] <= 400 and codes[830] + codes[831] == 800, codes
     # the truth in MongoDB holds every limit
     docs = await mongo.earned.find({"badgeMetaId": "flush-b", "status": "ACTIVE"}).to_list()
     assert len(docs) == 400
