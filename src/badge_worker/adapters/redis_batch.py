@@ -24,6 +24,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from badge_worker.adapters.redis_pipe import RawPipeline
+
 
 @dataclass
 class _Call:
@@ -34,8 +36,9 @@ class _Call:
 
 
 class ScriptBatcher:
-    def __init__(self, client: Redis, max_batch: int = 1000) -> None:
+    def __init__(self, client: Redis, max_batch: int = 1000, raw: RawPipeline | None = None) -> None:
         self.client, self.max_batch = client, max_batch
+        self.raw = raw  # one server: raw pipelines (redis_pipe.py); a cluster: redis-py's, routed by slot
         self._queue: list[_Call] = []
         self._flusher: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[None] | None = None  # the batch being sent
@@ -76,12 +79,16 @@ class ScriptBatcher:
             batch = [c for c in batch if not c.done.done()]  # callers cancelled meanwhile
             if not batch:
                 return
-            async with self.client.pipeline(transaction=False) as pipe:
-                for call in batch:
-                    # execute_command, not pipe.evalsha: redis-py's cluster pipeline refuses the
-                    # latter by name, while it routes the raw command by its KEYS like any other
-                    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                replies = await pipe.execute(raise_on_error=False)
+            if self.raw is not None:
+                replies = await self.raw.execute(
+                    [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in batch])
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for call in batch:
+                        # execute_command, not pipe.evalsha: redis-py's cluster pipeline refuses the
+                        # latter by name, while it routes the raw command by its KEYS like any other
+                        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+                    replies = await pipe.execute(raise_on_error=False)
             missing: list[_Call] = []
             for call, reply in zip(batch, replies, strict=True):
                 if isinstance(reply, NoScriptError) and attempt == 0:

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from badge_worker import constants as K
+from badge_worker.adapters import redis_pipe
 from badge_worker.adapters.redis_batch import ScriptBatcher
 from badge_worker.domain.timeutil import DAY, WEEK, TimeUnit
 from badge_worker.domain.windows import CheckKind, LimitCheck
@@ -210,7 +211,8 @@ class RedisStore:
         self.mark_interval = mark_interval
         self.lock_ttl_ms = K.COUNTER_LOCK_TTL_MS
         self._memory: dict[tuple[int, str], _BadgeMemory] = {}
-        self.calls = ScriptBatcher(client)  # reserve and release: one pipeline per loop tick
+        self.pipe = redis_pipe.for_client(client)  # the hot path's pipelines (None on a cluster)
+        self.calls = ScriptBatcher(client, raw=self.pipe)  # reserve and release: one pipeline per loop tick
         self._reserve: AsyncScript = client.register_script(_lua("reserve.lua"))
         self._release: AsyncScript = client.register_script(_lua("release.lua"))
         self._begin: AsyncScript = client.register_script(_lua("rebuild_begin.lua"))
@@ -219,6 +221,11 @@ class RedisStore:
         self._finish: AsyncScript = client.register_script(_lua("rebuild_finish.lua"))
         self._lock: AsyncScript = client.register_script(_lua("lock.lua"))
         self._gc: AsyncScript = client.register_script(_lua("gc.lua"))
+
+    async def aclose(self) -> None:
+        """Close the raw pipelines' pool (the client is its owner's to close)."""
+        if self.pipe is not None:
+            await self.pipe.aclose()
 
     # ---- keys
     def _key(self, template: str, org: int, badge: str, **extra: str) -> str:

@@ -21,6 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from badge_worker import constants as K
 from badge_worker.adapters import json_text
+from badge_worker.adapters.redis_pipe import RawPipeline
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,11 @@ class RequestClaim:
 
 
 class RequestCache:
-    def __init__(self, client: Redis, prefix: str = K.KEY_PREFIX, outcome_ttl: float = 600.0) -> None:
+    def __init__(self, client: Redis, prefix: str = K.KEY_PREFIX, outcome_ttl: float = 600.0,
+                 pipe: RawPipeline | None = None) -> None:
         self.client, self.prefix, self.outcome_ttl = client, prefix, outcome_ttl
         self.cluster = isinstance(client, RedisCluster)
+        self.pipe = pipe  # one server: the claim and remember pipelines go raw (redis_pipe.py)
 
     def request_key(self, org: int, request_id: str) -> str:
         return K.REQUEST_KEY.format(prefix=self.prefix, org=org, request_id=request_id)
@@ -54,10 +57,17 @@ class RequestCache:
         """`claim` for a whole batch (orgId, requestId, origin), in one round trip."""
         if not items:
             return []
+        outcome_keys = [self.outcome_key(org, request_id) for org, request_id, _ in items]
+        if self.pipe is not None:
+            commands: list[tuple[str | int, ...]] = [
+                ("SET", self.request_key(org, request_id), origin, "NX", "EX", K.REQUEST_TTL_SECONDS, "GET")
+                for org, request_id, origin in items]
+            commands.append(("MGET", *outcome_keys))
+            replies = _raised(await self.pipe.execute(commands))
+            return [_claim(origin, replies[i], replies[-1][i]) for i, (_, _, origin) in enumerate(items)]
         async with self.client.pipeline(transaction=False) as pipe:
             for org, request_id, origin in items:
                 pipe.set(self.request_key(org, request_id), origin, nx=True, ex=K.REQUEST_TTL_SECONDS, get=True)
-            outcome_keys = [self.outcome_key(org, request_id) for org, request_id, _ in items]
             if self.cluster:  # keys of many slots: one GET each, sent by the client to their nodes
                 for key in outcome_keys:
                     pipe.get(key)
@@ -76,6 +86,11 @@ class RequestCache:
         if self.outcome_ttl <= 0:
             return
         ttl_ms = int(self.outcome_ttl * 1000)
+        if self.pipe is not None:
+            _raised(await self.pipe.execute([
+                ("SET", self.outcome_key(org, request_id), json_text.dumps(outcome), "PX", ttl_ms)
+                for org, request_id, outcome in items]))
+            return
         async with self.client.pipeline(transaction=False) as pipe:
             count = 0
             for org, request_id, outcome in items:
@@ -83,6 +98,14 @@ class RequestCache:
                 count += 1
             if count:
                 await pipe.execute()
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """The replies, or the first error reply raised (as redis-py's pipelines do by default)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _claim(origin: str, previous: Any, cached: Any) -> RequestClaim:

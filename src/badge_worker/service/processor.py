@@ -98,7 +98,7 @@ class Processor:
                  badge_cache_ttl: float = 2.0,
                  concurrency: int = 128, max_attempts: int = 3) -> None:
         self.repos, self.store = repos, store
-        self.requests = requests or RequestCache(store.client, store.prefix)
+        self.requests = requests or RequestCache(store.client, store.prefix, pipe=store.pipe)
         self.badges = BadgeCache(repos, badge_cache_ttl)
         self.max_attempts = max_attempts
         self._slots = asyncio.Semaphore(concurrency)

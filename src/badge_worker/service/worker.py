@@ -94,7 +94,7 @@ class Worker:
         self.repos = Repositories(self.mongo[s.mongodb_database], write_flushes=s.mongodb_write_flushes)
         self.redis = redis_client.connect(s)
         store = RedisStore(self.redis, prefix=s.redis_key_prefix)
-        self.requests = RequestCache(self.redis, s.redis_key_prefix, s.outcome_cache_ttl_s)
+        self.requests = RequestCache(self.redis, s.redis_key_prefix, s.outcome_cache_ttl_s, pipe=store.pipe)
         self.processor = Processor(self.repos, store, self.requests, badge_cache_ttl=s.badge_cache_ttl_s,
                                    concurrency=s.concurrency, max_attempts=s.max_attempts)
         delay = s.backoff_initial_s
@@ -162,6 +162,8 @@ class Worker:
         if self.consumer is not None:
             await quietly("consumer", self.consumer.stop(), 5)
         await quietly("producers", self.ownership.close(), self.bounds.producer_stop + 2)
+        if self.processor is not None:
+            await quietly("redis pipelines", self.processor.store.aclose(), 2)
         if self.redis is not None:
             await quietly("redis", self.redis.aclose(), 2)
         if self.mongo is not None:
