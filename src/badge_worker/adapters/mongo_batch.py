@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import random
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -52,13 +51,18 @@ def is_transient_write_error(message: str) -> bool:
     return any(marker in message for marker in TRANSIENT_MARKERS)
 
 
-@dataclass
 class _Op:
-    collection: AsyncCollection[Doc]
-    doc: Doc | None = None  # an insert
-    flt: Doc | None = None  # or an update
-    update: Doc | None = None
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    """One queued write and its caller's future. A plain slotted class: as a dataclass with a
+    default factory, its __init__ (the future included) was ~4% of the worker's samples."""
+
+    __slots__ = ("collection", "doc", "done", "flt", "update")
+
+    def __init__(self, collection: AsyncCollection[Doc], loop: asyncio.AbstractEventLoop, doc: Doc | None = None,
+                 flt: Doc | None = None, update: Doc | None = None) -> None:
+        self.collection = collection
+        self.doc = doc  # an insert
+        self.flt, self.update = flt, update  # or an update
+        self.done: asyncio.Future[None] = loop.create_future()
 
 
 class WriteBatcher:
@@ -73,11 +77,12 @@ class WriteBatcher:
         self.lock = asyncio.Lock()  # one writer: taken by each flush and the writes that bypass the queue
 
     async def insert(self, collection: AsyncCollection[Doc], doc: Doc) -> None:
-        await self._wait(_Op(collection, doc=doc))
+        await self._wait(_Op(collection, asyncio.get_running_loop(), doc=doc))
 
     async def insert_each(self, collection: AsyncCollection[Doc], docs: list[Doc]) -> list[BaseException | None]:
         """Insert every document of `docs` (queued together); each one's error, or None."""
-        ops = [_Op(collection, doc=doc) for doc in docs]
+        loop = asyncio.get_running_loop()
+        ops = [_Op(collection, loop, doc=doc) for doc in docs]
         self._queue.extend(ops)
         self._kick()
         try:
@@ -87,7 +92,7 @@ class WriteBatcher:
             raise
 
     async def update(self, collection: AsyncCollection[Doc], flt: Doc, update: Doc) -> None:
-        await self._wait(_Op(collection, flt=flt, update=update))
+        await self._wait(_Op(collection, asyncio.get_running_loop(), flt=flt, update=update))
 
     def _kick(self) -> None:
         # A flusher that has not taken its batch yet will take this op too; otherwise one more
