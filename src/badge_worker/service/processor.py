@@ -33,6 +33,7 @@ from badge_worker.errors import InfrastructureUnavailable, is_infra_error
 from badge_worker.service import counters
 from badge_worker.service.messages import InputRecord, Result
 from badge_worker.service.resume import Resume
+from badge_worker.service.slots import Slots
 
 log = structlog.get_logger("badge_worker.processor")
 
@@ -101,7 +102,7 @@ class Processor:
         self.requests = requests or RequestCache(store.client, store.prefix, pipe=store.pipe)
         self.badges = BadgeCache(repos, badge_cache_ttl)
         self.max_attempts = max_attempts
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = Slots(concurrency)
         self._rebuilds: dict[tuple[int, str], asyncio.Future[None]] = {}
         self._handlers = {
             CommandType.CLAIM: self._claim,
