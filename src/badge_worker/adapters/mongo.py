@@ -487,6 +487,28 @@ class Repositories:
         return await self._insert_once(self.intents, {"orgId": org, "requestId": request_id,
                                                       "status": EarnStatus.PENDING, **doc})
 
+    async def insert_intents(self, items: Sequence[tuple[int, str, Doc]]) -> list[BaseException | None]:
+        """insert_intent() for many fresh earns (org, requestId, body) in one batched insert:
+        each one's error, or None. A duplicate is left to the caller (insert_intent finds it)."""
+        return await self.writes.insert_each(self.intents, [
+            pack({"orgId": org, "requestId": request_id, "status": EarnStatus.PENDING, **doc})
+            for org, request_id, doc in items])
+
+    async def insert_earned_many(self, items: Sequence[tuple[int, str, Doc]]) -> list[BaseException | None]:
+        """insert_earned() for many earns in one batched insert: each one's error, or None."""
+        return await self.writes.insert_each(self.earned, [
+            pack({"orgId": org, "requestId": request_id, "status": EarnStatus.ACTIVE, **doc})
+            for org, request_id, doc in items])
+
+    async def reject_intents(self, intents: Sequence[Doc]) -> list[BaseException | None]:
+        """reject_intent() for many intents in one batched insert: each one's error, or None
+        (a marker that is there already counts as written)."""
+        now = time.time()
+        errors = await self.writes.insert_each(self.rejections, [
+            {"_id": i["_id"], "orgId": i["orgId"], "badgeMetaId": i["badgeMetaId"], "requestId": i["requestId"],
+             "at": now} for i in intents])
+        return [None if isinstance(e, DuplicateKeyError) else e for e in errors]
+
     async def reject_intent(self, intent: Doc) -> None:
         """Mark the intent refused (idempotent: the marker's _id is the intent's)."""
         with contextlib.suppress(DuplicateKeyError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,12 +27,15 @@ from redis.exceptions import NoScriptError
 from badge_worker.adapters.redis_pipe import RawPipeline
 
 
-@dataclass
 class _Call:
-    script: AsyncScript
-    keys: list[Any]
-    args: list[Any]
-    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    """One queued EVALSHA and its caller's future (a slotted class: see mongo_batch._Op)."""
+
+    __slots__ = ("args", "done", "keys", "script")
+
+    def __init__(self, script: AsyncScript, keys: list[Any], args: list[Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        self.done: asyncio.Future[Any] = loop.create_future()
 
 
 class ScriptBatcher:
@@ -45,22 +48,44 @@ class ScriptBatcher:
         self.cancel_wait = 3.0  # seconds a cancelled caller waits for its call in flight
 
     async def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> Any:
-        call = _Call(script, keys, args)
-        self._queue.append(call)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_all())
+        call = _Call(script, keys, args, asyncio.get_running_loop())
+        self._enqueue([call])
         try:
             return await call.done  # cancelled with its caller; the flusher then leaves it alone
         except asyncio.CancelledError:
-            queued = len(self._queue)
-            self._queue = [c for c in self._queue if c is not call]  # not taken: never sent
-            inflight = self._inflight
-            if len(self._queue) == queued and inflight is not None and not inflight.done():
-                # taken into the batch in flight: it may still run, so wait for that (briefly),
-                # so that nothing of a revoked batch runs after the revoke
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(inflight), self.cancel_wait)
+            await self._cancelled([call])
             raise
+
+    async def call_many(self, script: AsyncScript, calls: Sequence[tuple[list[Any], list[Any]]]) -> list[Any]:
+        """`script` once per (keys, args), queued together in this order (one pipeline when
+        they fit in one batch): each call's reply, or its own error as the value."""
+        loop = asyncio.get_running_loop()
+        queued = [_Call(script, keys, args, loop) for keys, args in calls]
+        self._enqueue(queued)
+        try:
+            return list(await asyncio.gather(*(c.done for c in queued), return_exceptions=True))
+        except asyncio.CancelledError:
+            await self._cancelled(queued)
+            raise
+
+    def _enqueue(self, calls: list[_Call]) -> None:
+        self._queue.extend(calls)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_all())
+
+    async def _cancelled(self, calls: list[_Call]) -> None:
+        mine = {id(c) for c in calls}
+        queued = len(self._queue)
+        self._queue = [c for c in self._queue if id(c) not in mine]  # not taken: never sent
+        for call in calls:
+            if not call.done.done():
+                call.done.cancel()
+        inflight = self._inflight
+        if len(self._queue) - queued + len(calls) > 0 and inflight is not None and not inflight.done():
+            # some were taken into the batch in flight: they may still run, so wait for that
+            # (briefly), so that nothing of a revoked batch runs after the revoke
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(inflight), self.cancel_wait)
 
     async def _flush_all(self) -> None:
         await asyncio.sleep(0)  # let the commands running in this tick queue their calls too

@@ -390,24 +390,31 @@ class RedisStore:
                 return
 
     async def reserve_many(self, items: Sequence[tuple[int, str, str, float, Sequence[LimitCheck], float | None]]
-                           ) -> list[ReserveResult | NeedsRebuild]:
-        """reserve() for many earns in one pipeline (one round trip), applied in this order:
-        items are (org, badge, requestId, event date, checks, now). The calls are queued in
-        order in the same tick, so the script batcher sends them in one pipeline, in order."""
+                           ) -> list[ReserveResult | Exception]:
+        """reserve() for many earns in one pipeline (one round trip, no task per earn), applied
+        in this order: items are (org, badge, requestId, event date, checks, now). Each item's
+        result, or its error as the value (NeedsRebuild, a Redis error)."""
         calls = [self._reserve_call(org, badge, request_id, event_ts, checks, now, None, None)
                  for org, badge, request_id, event_ts, checks, now in items]
-        replies = list(await asyncio.gather(*(self._declared(self._reserve, keys, args) for keys, args in calls)))
         per_badge: dict[tuple[int, str], int] = {}
         for org, badge, *_ in items:
             per_badge[(org, badge)] = per_badge.get((org, badge), 0) + 1
+        # queued in the same tick as the reserves: the same pipeline, no round trip of their own
         collections = [c for (org, badge), n in per_badge.items() if (c := self._collection_due(org, badge, n))]
-        if collections:
-            await asyncio.gather(*collections)
-        results: list[ReserveResult | NeedsRebuild] = []
-        for (org, badge, *_), reply in zip(items, replies, strict=True):
+        collected = asyncio.gather(*collections) if collections else None
+        replies = await self.calls.call_many(self._reserve, calls)
+        if collected is not None:
+            await collected
+        results: list[ReserveResult | Exception] = []
+        for (org, badge, *_), (keys, args), reply in zip(items, calls, replies, strict=True):
             try:
+                if isinstance(reply, BaseException):
+                    raise reply
+                if isinstance(reply, list) and reply and _text(reply[0]) == "KEYS":  # undeclared keys: again
+                    reply = await self._declared(self._reserve, keys + [k for k in dict.fromkeys(
+                        _text(k) for k in reply[1:]) if k not in keys], args)
                 results.append(self._reserve_reply(org, badge, reply))
-            except NeedsRebuild as exc:
+            except Exception as exc:
                 results.append(exc)
         return results
 
