@@ -157,7 +157,10 @@ def start_worker(s: Settings, instance: str, log: Path) -> subprocess.Popen[byte
     proc = subprocess.Popen([sys.executable, "-m", "badge_worker.cli", "run"], env=env, stdout=out, stderr=out)
     if PROFILE is not None:
         PROFILE.mkdir(parents=True, exist_ok=True)
-        subprocess.Popen(["py-spy", "record", "-r", "100", "--format", "raw", "--pid", str(proc.pid),
+        # py-spy is installed next to this interpreter (the venv), which need not be on PATH
+        spy = Path(sys.executable).with_name("py-spy")
+        subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "-r", "100", "--format", "raw",
+                          "--pid", str(proc.pid),
                           "-o", str(PROFILE / f"{instance}-{proc.pid}.txt")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc
