@@ -226,8 +226,10 @@ def _main(argv: list[str] | None) -> int:
     logs.configure(settings.log_level)
 
     if args.command == "run":
+        from badge_worker.runtime import tune_gc
         from badge_worker.service.worker import run_worker
 
+        tune_gc(settings.gc_young_threshold)  # once the modules are imported: they are frozen
         asyncio.run(run_worker(settings))
         return 0
     if args.command == "badges":

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # MongoDB write batches in flight at once (adapters/mongo_batch.py); 1 = one writer, which a
     # store that refuses concurrent writers (FerretDB on SQLite) falls back to by itself
     mongodb_write_flushes: int = Field(default=4, ge=1, le=64)
+    # Python's youngest GC generation is collected after this many new container objects
+    # (its default 700 made collections ~30% of the worker's CPU: a batch in flight survives
+    # young collections and is promoted, so full collections ran every ~10 s); 0 = Python's default
+    gc_young_threshold: int = Field(default=20_000, ge=0)
     max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
