@@ -4,18 +4,21 @@ common path (counters to rebuild, a store error) still end with the right outcom
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.domain import events
-from badge_worker.domain.commands import Stream, decode
+from badge_worker.domain.commands import Command, Stream, decode
+from badge_worker.errors import InfrastructureUnavailable
 from badge_worker.service.messages import InputRecord, Result
 from badge_worker.service.processor import Processor
 from badge_worker.settings import Settings
@@ -167,3 +170,117 @@ async def test_a_failing_stage_leaves_each_earn_to_run_alone(settings: Settings,
     for r in results[:10]:
         doc = await mongo.find_earned_by_request(ORG, r.outcome["requestId"])
         assert doc is not None and str(doc["_id"]) == r.outcome["data"]["earnedBadgeId"]
+
+
+class OneOutage(Processor):
+    """A real Processor where the earn with requestId `down` meets an outage when it runs
+    alone, and the others run alone slowly; it records which of those finished."""
+
+    down = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.finished: list[str] = []
+
+    async def _handle_with_retries(self, record: InputRecord, item: Any, *args: Any, **kwargs: Any) -> Result:
+        if item.requestId == self.down:
+            await asyncio.sleep(0.05)
+            raise InfrastructureUnavailable("MongoDB went away")
+        await asyncio.sleep(0.4)
+        result = await super()._handle_with_retries(record, item, *args, **kwargs)
+        self.finished.append(item.requestId)
+        return result
+
+
+async def test_an_outage_of_one_earn_run_alone_stops_the_others(settings: Settings, mongo: Repositories,
+                                                                redis_client: Redis) -> None:
+    """Earns of a badge that reads its issues leave the staged path and run alone; an outage
+    in one of them fails the batch (to be retried) and none of the others goes on beside
+    the retry."""
+    s = settings
+    await load(mongo, live_badge("needs-issue", earnType="ISSUE_EARN"))
+    processor = OneOutage(mongo, RedisStore(redis_client, s.redis_key_prefix),
+                          RequestCache(redis_client, s.redis_key_prefix))
+    processor.down = "i2"
+    batch = [record(s, ORG, n, {"requestId": f"i{n}", "badgeMetaId": "needs-issue", "customerId": 300 + n})
+             for n in range(6)]
+    with pytest.raises(InfrastructureUnavailable):
+        await processor.process_batch(batch)
+    await asyncio.sleep(0.8)
+    assert processor.finished == []
+
+
+async def test_a_stage_bug_then_an_outage_stops_the_others(settings: Settings, mongo: Repositories,
+                                                           redis_client: Redis) -> None:
+    """The fallback after a bug in a stage (each earn alone) stops every earn on an outage too."""
+    s = settings
+    await setup(mongo)
+
+    class Both(OneOutage):
+        pass
+
+    processor = Both(FailingIntents(mongo.db), RedisStore(redis_client, s.redis_key_prefix),
+                     RequestCache(redis_client, s.redis_key_prefix))
+    processor.down = "c3"
+    with pytest.raises(InfrastructureUnavailable):
+        await processor.process_batch(
+            [record(s, ORG, n, {"requestId": f"c{n}", "badgeMetaId": "sb", "customerId": 620 + n})
+             for n in range(6)])
+    await asyncio.sleep(0.8)
+    assert processor.finished == []
+
+
+class Forgetful(Processor):
+    """A real Processor with a bug that loses one message's outcome."""
+
+    async def _handle_with_retries(self, record: InputRecord, item: Any, *args: Any, **kwargs: Any) -> Result:
+        result = await super()._handle_with_retries(record, item, *args, **kwargs)
+        return None if record.offset == 2 else result  # type: ignore[return-value]
+
+
+async def test_a_batch_missing_an_outcome_fails_instead_of_committing_a_hole(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    s = settings
+    await setup(mongo)
+    processor = Forgetful(mongo, RedisStore(redis_client, s.redis_key_prefix),
+                          RequestCache(redis_client, s.redis_key_prefix))
+    # one customer: the first earn runs staged, the rest (offset 2 among them) after it
+    with pytest.raises(RuntimeError, match=r"no outcome for offsets \[2\]"):
+        await processor.process_batch(
+            [record(s, ORG, n, {"requestId": f"h{n}", "badgeMetaId": "free", "customerId": 640}) for n in range(4)])
+
+
+class WatchingRejections(Processor):
+    """A real Processor that notes, when an earn's limits are taken alone (counters to
+    rebuild), whether the staged pipeline's refusals are marked in MongoDB already."""
+
+    marked_then: list[int] = []
+
+    async def _reserve(self, cmd: Command, plan: Any) -> Any:
+        self.marked_then.append(await self.repos.rejections.count_documents({"orgId": ORG, "requestId": "x2"}))
+        return await super()._reserve(cmd, plan)
+
+
+async def test_refusals_are_marked_before_a_rebuild_in_the_same_batch(settings: Settings, mongo: Repositories,
+                                                                      redis_client: Redis) -> None:
+    """A refused earn's intent counts as held until its rejection marker is written; a rebuild
+    in the same batch must not see it pending."""
+    s = settings
+    await setup(mongo)
+    store = RedisStore(redis_client, s.redis_key_prefix)
+    requests = RequestCache(redis_client, s.redis_key_prefix)
+    first = await Processor(mongo, store, requests).process_batch(
+        [record(s, ORG, 0, {"requestId": "x0", "badgeMetaId": "sb", "customerId": 660}),
+         record(s, ORG, 1, {"requestId": "x1", "badgeMetaId": "sb", "customerId": 660}),
+         record(s, ORG, 2, {"requestId": "t0", "badgeMetaId": "tight", "customerId": 661})])
+    assert [r.code for r in first] == [200] * 3
+    lost = [k async for k in redis_client.scan_iter(match=f"{s.redis_key_prefix}:{{{ORG}:tight}}:*", count=1000)]
+    assert lost
+    await redis_client.delete(*lost)
+    processor = WatchingRejections(mongo, store, requests)
+    processor.marked_then = []
+    second = await processor.process_batch(
+        [record(s, ORG, 3, {"requestId": "x2", "badgeMetaId": "sb", "customerId": 660}),  # a third: refused
+         record(s, ORG, 4, {"requestId": "t1", "badgeMetaId": "tight", "customerId": 662})])  # counters lost
+    assert [r.code for r in second] == [830, 200]
+    assert processor.marked_then == [1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +191,11 @@ class Processor:
                         and not isinstance(o, asyncio.CancelledError)), None)
         if failure is not None:
             raise failure
-        return [r for r in results if r is not None]
+        missing = [records[i].offset for i, r in enumerate(results) if r is None]
+        if missing:
+            # Never commit a batch with a hole in it: the caller retries the whole batch.
+            raise RuntimeError(f"no outcome for offsets {missing[:10]}")
+        return results  # type: ignore[return-value]  # every slot is filled (checked above)
 
     async def _handle_with_retries(self, record: InputRecord, item: Command | Undecodable,
                                    claim: RequestClaim | None = None, resume: ResumeState | None = None,
@@ -383,8 +387,8 @@ class Processor:
             # A bug, or input the stages did not foresee: never a stuck partition. Each earn
             # goes through handle() on its own, which retries it and gives it its own 500.
             log.warning("staged_earns_failed", error=type(exc).__name__, reason=str(exc)[:300], earns=len(items))
-            return list(await asyncio.gather(*(self._handle_with_retries(record, cmd, *context(n), entry=entry)
-                                               for n, (record, cmd, entry) in enumerate(items))))
+            return await _all_or_none([self._handle_with_retries(record, cmd, *context(n), entry=entry)
+                                       for n, (record, cmd, entry) in enumerate(items)])
 
     async def _earn_stages(self, items: Sequence[tuple[InputRecord, Command, LedgerEntry]],
                            context: Callable[[int], tuple[RequestClaim | None, ResumeState | None]]
@@ -447,6 +451,11 @@ class Processor:
                     check = plan.checks[result.index]
                     done[n] = envelope(EARN, items[n][1].orgId, items[n][1].requestId, None,
                                        rules.limit_rejection(check, LimitUsage(result.count, result.blocking_event)))
+            if alone and rejecting:
+                # The pipeline's refusals are final: mark them before the slower path, whose
+                # rebuild or cold decision would count their intents as still pending (held).
+                await self._mark_rejected(items, rejecting, done, again)
+                rejecting = []
             if alone:
                 retried = await asyncio.gather(*(self._reserve(items[n][1], plan) for n, plan, _ in alone),
                                                return_exceptions=True)
@@ -467,35 +476,41 @@ class Processor:
         # 4. the earned badges and rejection markers, in one write
         for _, plan, body, counts in earning:
             body["earnConstraints"] = events.earn_constraints(plan.checks, counts)
-        writes = [self.repos.insert_earned_many([(items[n][1].orgId, items[n][1].requestId, body)  # type: ignore[misc]
-                                                 for n, _, body, _ in earning])]
-        if rejecting:
-            writes.append(self.repos.reject_intents([
-                {**body, "orgId": items[n][1].orgId, "requestId": items[n][1].requestId} for n, body in rejecting]))
-        written = await asyncio.gather(*writes)
-        _raise_infra(written[0])
-        for (n, _, body, _), error in zip(earning, written[0], strict=True):
+        stored, _ = await asyncio.gather(
+            self.repos.insert_earned_many([(items[n][1].orgId, items[n][1].requestId, body)  # type: ignore[misc]
+                                           for n, _, body, _ in earning]),
+            self._mark_rejected(items, rejecting, done, again))
+        _raise_infra(stored)
+        for (n, _, body, _), error in zip(earning, stored, strict=True):
             if error is None:
                 cmd, now = items[n][1], items[n][0].now
                 done[n] = self._execute_done(cmd, self._earned(cmd, body, now))
             else:
                 again.append(n)  # a duplicate: insert_earned answers with the one stored first
-        if rejecting:
-            _raise_infra(written[1])
-            for (n, _), error in zip(rejecting, written[1], strict=True):
-                if error is not None:
-                    done.pop(n)
-                    again.append(n)
         # 5. the earns that left the common path, through handle() (idempotent)
         if again:
-            redone = await asyncio.gather(*(self._handle_with_retries(items[n][0], items[n][1], *context(n),
-                                                                      entry=items[n][2]) for n in again))
+            redone = await _all_or_none([self._handle_with_retries(items[n][0], items[n][1], *context(n),
+                                                                   entry=items[n][2]) for n in again])
             results = dict(zip(again, redone, strict=True))
         else:
             results = {}
         for n, outcome in done.items():
             results[n] = Result(items[n][0], outcome, ledger=items[n][2].id)
         return [results[n] for n in range(len(items))]
+
+    async def _mark_rejected(self, items: Sequence[tuple[InputRecord, Command, LedgerEntry]],
+                             rejecting: Sequence[tuple[int, Doc]], done: dict[int, Doc], again: list[int]) -> None:
+        """The rejection markers of refused staged earns, in one write; an earn whose marker
+        did not get written loses its outcome and runs again through handle()."""
+        if not rejecting:
+            return
+        errors = await self.repos.reject_intents([
+            {**body, "orgId": items[n][1].orgId, "requestId": items[n][1].requestId} for n, body in rejecting])
+        _raise_infra(errors)
+        for (n, _), error in zip(rejecting, errors, strict=True):
+            if error is not None:
+                done.pop(n)
+                again.append(n)
 
     async def _reserve(self, cmd: Command, plan: rules.EarnPlan) -> Any:
         """Check and take the earn's limits in Redis (reserve.lua). Rebuild the badge's counters
@@ -630,6 +645,27 @@ class Processor:
 
 
 EARN = CommandType.EARN.value
+
+
+async def _all_or_none(calls: Sequence[Coroutine[Any, Any, Result]]) -> list[Result]:
+    """Every call's result, in order; when one raises (an outage), the others are cancelled
+    and awaited before it propagates, so none runs on beside the batch's retry. The same
+    on our own cancellation (a revoke)."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    failed = next((t for t in tasks if not t.cancelled() and t.exception() is not None), None)
+    if failed is not None:
+        raise failed.exception()  # type: ignore[misc]  # the first real error, not a sibling's cancel
+    return [t.result() for t in tasks]
 
 
 def _raise_infra(outcomes: Sequence[object]) -> None:
