@@ -402,7 +402,13 @@ class RedisStore:
         # queued in the same tick as the reserves: the same pipeline, no round trip of their own
         collections = [c for (org, badge), n in per_badge.items() if (c := self._collection_due(org, badge, n))]
         collected = asyncio.gather(*collections) if collections else None
-        replies = await self.calls.call_many(self._reserve, calls)
+        try:
+            replies = await self.calls.call_many(self._reserve, calls)
+        except BaseException:
+            if collected is not None:  # the pipeline failed or we were cancelled: so are they
+                collected.cancel()
+                collected.add_done_callback(_retrieved)
+            raise
         if collected is not None:
             await collected
         results: list[ReserveResult | Exception] = []
@@ -664,3 +670,9 @@ class RedisStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Read a background future's outcome, so that its error is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
