@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -433,6 +434,8 @@ async def main() -> None:
     args = parser.parse_args()
     global PROFILE
     PROFILE = args.profile
+    if PROFILE is not None and not (Path(sys.executable).with_name("py-spy").exists() or shutil.which("py-spy")):
+        parser.error("--profile needs py-spy: .venv/bin/pip install py-spy")
     n = args.earns or (4_000 if args.quick else 20_000)
     stored = args.stored if args.stored is not None else (100_000 if args.quick else 1_000_000)
     phases = set(args.only or ["ceiling", "accept", "reject", "two", "naive", "restart", "stored", "latency"])
