@@ -25,7 +25,7 @@ COUNTER_KEY = "{prefix}:{{{org}:{badge}}}:cnt:{counter}"
 # lifetime caps: hash counter name -> count, kept (and expiring) with the ready marker
 LIFETIME_KEY = "{prefix}:{{{org}:{badge}}}:life"
 # what one earn (by requestId) took: hash {state, gen, keys, member}; RESERVATION_TTL_SECONDS
-RESERVATION_KEY = "{prefix}:{{{org}:{badge}}}:res:{request_id}"
+RESERVATION_KEY = "{prefix}:{{{org}:{badge}}}:res:{request_id}"  # {request_id} last (redis_store._BadgeKeys)
 # tombstone of a released earn (no second release); RELEASED_TTL_SECONDS
 RELEASED_KEY = "{prefix}:{{{org}:{badge}}}:rel:{request_id}"
 # zset: every expiring key of the badge -> when it can no longer matter (counters' clock)
