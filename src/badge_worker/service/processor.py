@@ -132,8 +132,9 @@ class Processor:
             (decoded[i].orgId, decoded[i].requestId, records[i].origin, decoded[i].type.value)  # type: ignore[misc, union-attr]
             for i in fresh])
         entries = {i: e for i, e in zip(fresh, inserted, strict=True) if e is not None}
-        unsure = [i for i in asking
-                  if claims[i].resuming or claims[i].first_origin is not None or (i in fresh and i not in entries)]
+        # (`not seen` is "in fresh": a test on the list was O(batch²), 4.6% of the worker's samples)
+        unsure = [i for i in asking if claims[i].resuming or claims[i].first_origin is not None
+                  or (not claims[i].seen and i not in entries)]
         resume = await self.repos.prefetch_resume(
             [(decoded[i].orgId, decoded[i].requestId) for i in unsure],  # type: ignore[misc]
             {decoded[i].type.value for i in unsure},  # type: ignore[union-attr]
