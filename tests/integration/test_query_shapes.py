@@ -178,3 +178,29 @@ async def test_a_restart_reads_each_collection_once_for_the_whole_batch(
         ("requests", "outcomes", "earned_badges", "earn_intents", "earn_rejections"), 1)
     assert [r.replayed for r in again[:30]] == [True] * 30  # answered from the stored outcome
     assert not any(r.replayed for r in again[30:])  # redone: their state had no outcome
+
+
+async def test_reused_request_ids_read_only_the_ledger_and_outcomes(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    """Other messages reusing the requestIds of 20 decided earns (no restart): the worker
+    confirms each reuse in the ledger, and reads none of the per-command collections."""
+    await load(mongo, live_badge("reuse-b"))
+    finds = Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
+    try:
+        repos = Repositories(client[settings.mongodb_database])
+        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix),
+                              RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
+        bodies = [{"orgId": ORG, "requestId": f"u{i}", "badgeMetaId": "reuse-b", "customerId": 2000 + i}
+                  for i in range(20)]
+        first = await processor.process_batch([record(i, b) for i, b in enumerate(bodies)])
+        await repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first if r.ledger is not None)
+        finds.asked.clear()
+        finds.count.clear()
+        reused = await processor.process_batch([record(500 + i, b) for i, b in enumerate(bodies)])
+    finally:
+        await client.close()
+    assert [r.code for r in first] == [200] * 20
+    assert [r.code for r in reused] == [809] * 20
+    assert finds.asked.get("requests") == {f"u{i}" for i in range(20)}
+    assert not {"earned_badges", "earn_intents", "earn_rejections"} & set(finds.count), finds.count

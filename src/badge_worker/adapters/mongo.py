@@ -122,6 +122,7 @@ class _Prefetch:
     done: asyncio.Future[ResumeState]
     keys: set[RequestKey] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)
+    restart: bool = False  # some keys were in flight when a worker stopped
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,7 @@ class Repositories:
             asyncio.get_running_loop().call_later(window, self._start_prefetch, pending)
         pending.keys.update(keys)
         pending.kinds.update(kinds if kinds is not None else ("earn", "issue"))
+        pending.restart |= restart
         return await asyncio.shield(pending.done)
 
     def _start_prefetch(self, pending: _Prefetch) -> None:
@@ -324,7 +326,7 @@ class Repositories:
         async def run() -> None:
             try:
                 began = time.monotonic()
-                state = await self._load_resume(pending.keys, pending.kinds)
+                state = await self._load_resume(pending.keys, pending.kinds, restart=pending.restart)
                 pending.done.set_result(state)
                 log.info("resume_loaded", keys=len(state.keys), ledger=len(state.ledger),
                          outcomes=len(state.outcomes), intents=len(state.intents), earned=len(state.earned),
@@ -339,11 +341,17 @@ class Repositories:
         self._prefetching.add(task := asyncio.ensure_future(run()))
         task.add_done_callback(self._prefetching.discard)
 
-    async def _load_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str], chunk: int = 5000
-                           ) -> ResumeState:
-        """The ledger, then the stored outcomes; beside them, the collections a command writes.
-        The state keeps what was written only for the keys whose ledger entry has no outcome
-        yet (the others are answered from it, and a key with no ledger entry wrote nothing)."""
+    async def _load_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str], chunk: int = 5000, *,
+                           restart: bool = False) -> ResumeState:
+        """The ledger, then the stored outcomes, then the collections a command writes; the
+        state keeps what was written only for the keys whose ledger entry has no outcome yet
+        (the others are answered from it, and a key with no ledger entry wrote nothing).
+
+        After a restart (`restart`: some keys were in flight) most keys are undecided, and
+        the written collections are read beside the ledger and outcomes, for every key: one
+        after the other, on FerretDB each a scan, they held a restarted worker's first batches
+        for 7.6 s (1,500 keys). Otherwise (requestIds reused, Redis lost its cache) they are
+        read after, only for the undecided keys, and not at all when there are none."""
         state = ResumeState(keys=set(keys))
         wanted = set(kinds)
         earns = bool(wanted & {"earn", "revokeEarn"})
@@ -365,6 +373,9 @@ class Repositories:
                 state.outcomes.update({d["_id"]: stored_outcome.outcome_of(d) async for d in
                                        self.outcomes.find({"_id": {"$in": ledger_ids[start:start + chunk]}})})
 
+        def undecided() -> set[RequestKey]:
+            return {key for key, d in state.ledger.items() if d["_id"] not in state.outcomes}
+
         async def nothing() -> list[Doc]:
             return []
 
@@ -378,20 +389,21 @@ class Repositories:
                 self.issues.find({"orgId": org, "revokedBy": {"$in": ids}}, {"_id": 1, "revokedBy": 1})
                 .to_list() if issues else nothing()))
 
-        # What the commands wrote is read beside the ledger and the outcomes, for every key: on
-        # FerretDB each read scans its collection, and one after the other they held a
-        # restarted worker's first batches for 7.6 s (1,500 keys). The keys that turn out to
-        # have an outcome, or no ledger entry, are left out of the state afterwards.
-        groups = by_org(state.keys)
-        found = await asyncio.gather(ledger_then_outcomes(), *(written(org, ids) for org, ids in groups))
-        undecided = {key for key, d in state.ledger.items() if d["_id"] not in state.outcomes}
-        for (org, _), docs in zip(groups, found[1:], strict=True):
+        if restart:
+            groups = by_org(state.keys)
+            found = (await asyncio.gather(ledger_then_outcomes(), *(written(org, ids) for org, ids in groups)))[1:]
+        else:
+            await ledger_then_outcomes()
+            groups = by_org(undecided())
+            found = [await written(org, ids) for org, ids in groups]
+        open_keys = undecided()
+        for (org, _), docs in zip(groups, found, strict=True):
             earned, intents, rejected, issued, revoked = docs  # type: ignore[misc]
-            state.rejected.update(key for d in rejected if (key := (org, d["requestId"])) in undecided)
+            state.rejected.update(key for d in rejected if (key := (org, d["requestId"])) in open_keys)
             for target, stored in ((state.earned, earned), (state.intents, intents), (state.issues, issued)):
-                target.update({key: unpack(d) for d in stored if (key := (org, d["requestId"])) in undecided})
+                target.update({key: unpack(d) for d in stored if (key := (org, d["requestId"])) in open_keys})
             for d in revoked:
-                if (org, d["revokedBy"]) in undecided:
+                if (org, d["revokedBy"]) in open_keys:
                     state.revoked_issues.setdefault((org, d["revokedBy"]), []).append(str(d["_id"]))
         return state
 
