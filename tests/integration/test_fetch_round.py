@@ -1,8 +1,7 @@
 """One round of the consume loop's fetch, on a real broker: up to one batch of every
 partition with records (not the first partitions' whole buffers), nothing lost when a
-fetch fails half-way through a round, a partition whose batch is still running never
-holding the others back, and paused while it runs, so that its next batch takes every
-record that arrived meanwhile."""
+fetch fails half-way through a round, and a partition whose batch is still running never
+holding the others back."""
 
 from __future__ import annotations
 
@@ -173,86 +172,3 @@ async def test_a_slow_partition_does_not_hold_the_others(topics: Settings, monke
         release.set()
         await worker._drain()
         await consumer.stop()
-
-
-async def test_a_partition_is_paused_while_its_batch_runs(topics: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The consume loop pauses a partition for its batch and resumes it after; a batch that
-    backs off leaves it paused (resumed when its backoff ends)."""
-    tps = await backlog(topics)
-    worker = await assigned_worker(topics, tps[:1])
-    consumer = worker.consumer
-    assert consumer is not None
-    part = worker.ownership.partitions[tps[0]] = Partition(tps[0], generation=1)
-    paused_during: list[bool] = []
-    fail = False
-
-    async def process(part: Partition, raw: list[Any]) -> None:
-        paused_during.append(part.tp in consumer.paused())
-        if fail:
-            part.resume_at = 1e12  # as _back_off leaves it
-
-    monkeypatch.setattr(worker, "_process_chunks", process)
-    try:
-        async with asyncio.timeout(30):
-            while not paused_during:
-                await worker._poll_once()
-            await worker._drain()
-        assert paused_during == [True] and tps[0] not in consumer.paused()
-        fail = True
-        async with asyncio.timeout(30):
-            while len(paused_during) < 2:
-                await worker._poll_once()
-            await worker._drain()
-        assert paused_during == [True, True] and tps[0] in consumer.paused() and part.resume_at
-    finally:
-        await worker._drain()
-        await consumer.stop()
-
-
-async def test_the_next_batch_takes_every_record_that_arrived_during_the_last(
-        topics: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Records that arrive while a partition's batch runs all go into its next batch. When the
-    partition was fetched on while busy, the client buffered the first record that came in
-    and fetched no more for it: the next batch was that one record, the rest a batch later."""
-    tp = TopicPartition(topics.topic_earns, 0)
-    producer = AIOKafkaProducer(bootstrap_servers=topics.kafka_bootstrap_servers)
-    await producer.start()
-    worker = await assigned_worker(topics, [tp])
-    consumer = worker.consumer
-    assert consumer is not None
-    worker.ownership.partitions[tp] = Partition(tp, generation=1)
-    release = asyncio.Event()
-    batches: list[list[str]] = []
-
-    async def process(part: Partition, raw: list[Any]) -> None:
-        batches.append([r.value.decode() for r in raw])
-        if len(batches) == 1:
-            await release.wait()
-
-    monkeypatch.setattr(worker, "_process_chunks", process)
-    try:
-        await producer.send_and_wait(tp.topic, b"first", partition=0)
-        async with asyncio.timeout(30):
-            while not batches:
-                await worker._poll_once()
-            polling = asyncio.create_task(poll_until(worker, lambda: len(batches) >= 2))
-            await producer.send_and_wait(tp.topic, b"during:0", partition=0)
-            await asyncio.sleep(0.5)  # long enough for the client to fetch it (FETCH_MAX_WAIT_MS 50)
-            for n in range(1, 20):
-                await producer.send(tp.topic, f"during:{n}".encode(), partition=0)
-            await producer.flush()
-            await asyncio.sleep(0.5)
-            release.set()
-            await polling
-            await worker._drain()
-        assert batches == [["first"], [f"during:{n}" for n in range(20)]]
-    finally:
-        release.set()
-        await worker._drain()
-        await consumer.stop()
-        await producer.stop()
-
-
-async def poll_until(worker: Worker, done: Any) -> None:
-    while not done():
-        await worker._poll_once()

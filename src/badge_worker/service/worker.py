@@ -242,7 +242,7 @@ class Worker:
             # this one began, the rest a batch later. Resumed at the end, the next fetch gets
             # everything that arrived meanwhile.
             self.consumer.pause(tp)
-            part.batch = task = asyncio.create_task(self._run_batch(part, raw), name=f"batch {part.name}")
+            part.batch = task = asyncio.create_task(self._process_chunks(part, raw), name=f"batch {part.name}")
             self._batches[tp] = task
             task.add_done_callback(_batch_ended)
         self.ready = not any(p.resume_at or p.fenced or p.unreadable for p in self.ownership.partitions.values())
@@ -373,24 +373,20 @@ class Worker:
         after a batch that did not commit (backed off, fenced, revoked) the rest waits for
         the next fetch, which starts again from where that batch began."""
         size = self.settings.batch_max_records
-        for start in range(0, len(raw), size):
-            chunk = raw[start:start + size]
-            await self._process_partition(part, chunk)
-            done = part.start_offset is not None and part.start_offset > chunk[-1].offset
-            if not done or part.fenced or part.retired or part.resume_at or self.stopping.is_set():
-                if done and start + size < len(raw):  # stopping: the rest is fetched again later
-                    with contextlib.suppress(Exception):
-                        self.consumer.seek(part.tp, raw[start + size].offset)  # type: ignore[union-attr]
-                return
-
-    async def _run_batch(self, part: Partition, raw: list[Any]) -> None:
-        """A partition's batch, the partition paused meanwhile (see _poll_once)."""
         try:
-            await self._process_chunks(part, raw)
+            for start in range(0, len(raw), size):
+                chunk = raw[start:start + size]
+                await self._process_partition(part, chunk)
+                done = part.start_offset is not None and part.start_offset > chunk[-1].offset
+                if not done or part.fenced or part.retired or part.resume_at or self.stopping.is_set():
+                    if done and start + size < len(raw):  # stopping: the rest is fetched again later
+                        with contextlib.suppress(Exception):
+                            self.consumer.seek(part.tp, raw[start + size].offset)  # type: ignore[union-attr]
+                    return
         finally:
-            self._resume_after_batch(part)
+            self._batch_done(part)
 
-    def _resume_after_batch(self, part: Partition) -> None:
+    def _batch_done(self, part: Partition) -> None:
         """Resume a partition paused for its batch, unless it stays paused for another reason
         (backing off, fenced, revoked, parked as unreadable)."""
         if part.fenced or part.retired or part.resume_at or part.unreadable or self.stopping.is_set():
