@@ -236,12 +236,6 @@ class Worker:
             if owned is None or owned.fenced or owned.retired or not raw:
                 continue  # revoked while fetched: the next owner has these records
             part = owned
-            # Paused while its batch runs: records the client fetched for a busy partition
-            # would sit in its buffer (and hold back every fetch from that broker for
-            # `prefetch_backoff`), so the next batch would start with what arrived just after
-            # this one began, the rest a batch later. Resumed at the end, the next fetch gets
-            # everything that arrived meanwhile.
-            self.consumer.pause(tp)
             part.batch = task = asyncio.create_task(self._process_chunks(part, raw), name=f"batch {part.name}")
             self._batches[tp] = task
             task.add_done_callback(_batch_ended)
@@ -373,27 +367,15 @@ class Worker:
         after a batch that did not commit (backed off, fenced, revoked) the rest waits for
         the next fetch, which starts again from where that batch began."""
         size = self.settings.batch_max_records
-        try:
-            for start in range(0, len(raw), size):
-                chunk = raw[start:start + size]
-                await self._process_partition(part, chunk)
-                done = part.start_offset is not None and part.start_offset > chunk[-1].offset
-                if not done or part.fenced or part.retired or part.resume_at or self.stopping.is_set():
-                    if done and start + size < len(raw):  # stopping: the rest is fetched again later
-                        with contextlib.suppress(Exception):
-                            self.consumer.seek(part.tp, raw[start + size].offset)  # type: ignore[union-attr]
-                    return
-        finally:
-            self._batch_done(part)
-
-    def _batch_done(self, part: Partition) -> None:
-        """Resume a partition paused for its batch, unless it stays paused for another reason
-        (backing off, fenced, revoked, parked as unreadable)."""
-        if part.fenced or part.retired or part.resume_at or part.unreadable or self.stopping.is_set():
-            return
-        with contextlib.suppress(Exception):  # not assigned any more: nothing to resume
-            if part.tp in self.consumer.assignment():  # type: ignore[union-attr]
-                self.consumer.resume(part.tp)  # type: ignore[union-attr]
+        for start in range(0, len(raw), size):
+            chunk = raw[start:start + size]
+            await self._process_partition(part, chunk)
+            done = part.start_offset is not None and part.start_offset > chunk[-1].offset
+            if not done or part.fenced or part.retired or part.resume_at or self.stopping.is_set():
+                if done and start + size < len(raw):  # stopping: the rest is fetched again later
+                    with contextlib.suppress(Exception):
+                        self.consumer.seek(part.tp, raw[start + size].offset)  # type: ignore[union-attr]
+                return
 
     async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
         assert self.consumer is not None and self.processor is not None and self.repos is not None
