@@ -33,6 +33,14 @@ def record(offset: int, body: dict[str, Any]) -> InputRecord:
                        Stream.EARNS)
 
 
+def monitored_processor(client: AsyncMongoClient[dict[str, Any]], settings: Settings,
+                        redis_client: Redis) -> Processor:
+    """A real Processor whose MongoDB client is `client` (the one with a command listener)."""
+    repos = Repositories(client[settings.mongodb_database])
+    return Processor(repos, RedisStore(redis_client, settings.redis_key_prefix),
+                     RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
+
+
 async def test_the_earn_hot_path_reads_nothing_per_earn(
         settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
     await load(mongo, live_badge("hot-b", customerConstraints=[
@@ -42,9 +50,7 @@ async def test_the_earn_hot_path_reads_nothing_per_earn(
     shapes = Shapes()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[shapes])
     try:
-        repos = Repositories(client[settings.mongodb_database])
-        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix),
-                              RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
+        processor = monitored_processor(client, settings, redis_client)
         first = await processor.process_batch(
             [record(i, {"orgId": ORG, "requestId": f"h{i}", "badgeMetaId": "hot-b", "customerId": 1 + i // 2})
              for i in range(300)])
@@ -188,13 +194,11 @@ async def test_reused_request_ids_read_only_the_ledger_and_outcomes(
     finds = Finds()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
     try:
-        repos = Repositories(client[settings.mongodb_database])
-        processor = Processor(repos, RedisStore(redis_client, settings.redis_key_prefix),
-                              RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
+        processor = monitored_processor(client, settings, redis_client)
         bodies = [{"orgId": ORG, "requestId": f"u{i}", "badgeMetaId": "reuse-b", "customerId": 2000 + i}
                   for i in range(20)]
         first = await processor.process_batch([record(i, b) for i, b in enumerate(bodies)])
-        await repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first if r.ledger is not None)
+        await processor.repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first if r.ledger is not None)
         finds.asked.clear()
         finds.count.clear()
         reused = await processor.process_batch([record(500 + i, b) for i, b in enumerate(bodies)])

@@ -216,11 +216,8 @@ async def test_a_stage_bug_then_an_outage_stops_the_others(settings: Settings, m
     s = settings
     await setup(mongo)
 
-    class Both(OneOutage):
-        pass
-
-    processor = Both(FailingIntents(mongo.db), RedisStore(redis_client, s.redis_key_prefix),
-                     RequestCache(redis_client, s.redis_key_prefix))
+    processor = OneOutage(FailingIntents(mongo.db), RedisStore(redis_client, s.redis_key_prefix),
+                          RequestCache(redis_client, s.redis_key_prefix))
     processor.down = "c3"
     with pytest.raises(InfrastructureUnavailable):
         await processor.process_batch(
