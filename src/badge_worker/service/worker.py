@@ -432,7 +432,10 @@ class Worker:
             LAG.labels(part.tp.topic, str(part.tp.partition)).set(max(0, highwater - (records[-1].offset + 1)))
         log.debug("batch_committed", topic=part.tp.topic, partition=part.tp.partition, records=len(records),
                   seconds=round(elapsed, 4), process_s=round(processed - started, 4),
-                  store_s=round(stored_at - processed, 4), commit_s=round(started + elapsed - stored_at, 4))
+                  store_s=round(stored_at - processed, 4), commit_s=round(started + elapsed - stored_at, 4),
+                  # how long the first record waited (by its Kafka timestamp) before the batch ended:
+                  # with the seconds above, where a record's produce->outcome time goes
+                  first_record_age_s=round(time.time() - records[0].timestamp_ms / 1000, 4))
 
     async def _batch_failed(self, part: Partition, records: list[InputRecord], exc: Exception) -> None:
         """Nothing of the batch was committed: fence, or rewind and back off."""
