@@ -9,7 +9,10 @@ import json
 import time
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
 from badge_worker.adapters import kafka_io
 from badge_worker.domain.commands import Stream
@@ -92,3 +95,34 @@ async def test_outputs_land_on_the_key_partition_in_order_once_and_only_when_com
                 by_key.setdefault(m.key, []).append(int(json.loads(m.value)["requestId"][1:]))
         assert by_key and all(seq == sorted(seq) for seq in by_key.values())
     assert any(m.key is None for m in got)
+
+
+async def test_a_refused_output_commits_nothing_of_the_batch_offsets_included(topics: Settings) -> None:
+    """The offsets go into the transaction before the outputs are all delivered: a record the
+    broker refuses must still leave the batch uncommitted, its input offset included."""
+    small = f"{topics.topic_results}.small"
+    admin = AIOKafkaAdminClient(bootstrap_servers=topics.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "4000"})])
+    finally:
+        await admin.close()
+    s = topics.model_copy(update={"topic_results": small})
+    results = [result(i, f"customer-{i}".encode(), pad=20_000 if i == 5 else 0) for i in range(10)]
+    tp = TopicPartition(s.topic_earns, 0)
+    producer = kafka_io.make_transactional_producer(s, f"{s.consumer_group}.refused-test")
+    await producer.start()
+    try:
+        # the topic's real limit is not given (size_limits), so the big record goes out as is
+        with pytest.raises(KafkaError):
+            await commit_batch(producer, s, tp, [r.record for r in results], results, Bounds())
+    finally:
+        await producer.stop()
+    assert await read_all(s, small, 0) == []  # (and one more fetch of 0.5 s: nothing comes)
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, group_id=s.consumer_group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        assert await consumer.committed(tp) is None
+    finally:
+        await consumer.stop()
