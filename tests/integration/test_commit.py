@@ -98,8 +98,8 @@ async def test_outputs_land_on_the_key_partition_in_order_once_and_only_when_com
 
 
 async def test_a_refused_output_commits_nothing_of_the_batch_offsets_included(topics: Settings) -> None:
-    """The offsets go into the transaction before the outputs are all delivered: a record the
-    broker refuses must still leave the batch uncommitted, its input offset included."""
+    """aiokafka commits a transaction even when one of its records was refused: a record the
+    broker refuses must leave the batch uncommitted, its input offset included."""
     small = f"{topics.topic_results}.small"
     admin = AIOKafkaAdminClient(bootstrap_servers=topics.kafka_bootstrap_servers)
     await admin.start()

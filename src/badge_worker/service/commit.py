@@ -120,23 +120,15 @@ async def commit_batch(producer: AIOKafkaProducer, settings: Settings, tp: Topic
         # partition's buffer is full): a call's bound for every 500 outputs
         deliveries = await bounded(_send_all(producer, settings, results, limit),
                                    bounds.kafka_call * (1 + len(results) // 500), "send outputs")
-        # The offsets go into the transaction while the outputs are delivered (they count only
-        # if it commits: one produce round trip less per batch), and every output must be in
-        # before it commits: aiokafka commits a transaction even when one of its records was
-        # refused, which would lose that outcome.
-        offsets = asyncio.ensure_future(producer.send_offsets_to_transaction(
-            {tp: records[-1].offset + 1}, settings.consumer_group))
-        try:
-            delivered = await bounded(asyncio.shield(asyncio.gather(*deliveries, return_exceptions=True)),
-                                      bounds.kafka_call, "deliver outputs")
-            await bounded(asyncio.shield(offsets), bounds.kafka_call, "send offsets")
-        finally:
-            offsets.cancel()  # done already, unless the deliveries failed first
-            with contextlib.suppress(BaseException):
-                await offsets
+        # Every record must be in before the offsets are: aiokafka commits a transaction even
+        # when one of its records was refused, which would lose that outcome.
+        delivered = await bounded(asyncio.shield(asyncio.gather(*deliveries, return_exceptions=True)),
+                                  bounds.kafka_call, "deliver outputs")
         refused = next((d for d in delivered if isinstance(d, BaseException)), None)
         if refused is not None:
             raise refused
+        await bounded(producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, settings.consumer_group),
+                      bounds.kafka_call, "send offsets")
         await bounded(producer.commit_transaction(), bounds.kafka_call, "commit transaction")
     except BaseException:
         # Fenced, refused, timed out or cancelled: end the transaction if the producer still
