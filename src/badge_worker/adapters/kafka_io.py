@@ -209,7 +209,7 @@ def make_transactional_producer(settings: Settings, transactional_id: str) -> AI
         acks="all",
         # No linger: commit.py hands over whole batches (send_batch, one per output partition)
         # and then waits for them, so a linger only delays every transaction (bench/ab.py:
-        # commit 17-22 ms against 27-33 at 1,000 earns/s; see README, performance)
+        # commit 17-22 ms against 27-33 at 1,000 earns/s; README, Benchmark)
         linger_ms=0,
         transaction_timeout_ms=settings.transaction_timeout_ms,
         max_request_size=settings.output_max_message_bytes,
