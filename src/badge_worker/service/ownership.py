@@ -65,14 +65,7 @@ class Partition:
     start_offset: int | None = None  # committed offset, read after init_transactions
     fenced: bool = False
     starter: asyncio.Task[None] | None = None
-    batch: asyncio.Task[None] | None = None  # the latest batch
-    # The batch before it, perhaps still committing: a batch hands over to the next one once
-    # its own commit starts (`committing`), and commits only once everything before its
-    # records is committed (`start_offset` >= `previous_end`).
-    previous: asyncio.Task[None] | None = None
-    previous_end: int | None = None  # the offset after the previous batch's last record
-    committing: bool = False  # the latest batch is committing: the next one may be processed
-    batch_end: int | None = None  # the offset after the latest batch's last record
+    batch: asyncio.Task[None] | None = None
     resume_at: float = 0.0  # backoff: paused until then
     delay: float = 0.0  # last backoff delay
     retired: bool = False
@@ -81,7 +74,6 @@ class Partition:
     # records fetched while its batch was in flight, for its next batch (worker._fetch_round)
     ahead: list[Any] = field(default_factory=list)
     rewinds: int = 0  # seeks back so far: a read-ahead that returns across one is stale
-    rewound_to: int = 0  # where the last seek back went
 
     @property
     def name(self) -> str:
@@ -201,7 +193,7 @@ class Ownership:
         tasks: list[asyncio.Task[None]] = []
         for part in parts:
             part.retired = True
-            for task in (part.batch, part.previous, part.starter):
+            for task in (part.batch, part.starter):
                 if task is not None and not task.done():
                     task.cancel()
                     tasks.append(task)
@@ -221,7 +213,7 @@ class Ownership:
 
     async def _retire_later(self, part: Partition) -> None:
         # The producer is stopped only once nothing can use it any more.
-        for task in (part.batch, part.previous, part.starter):
+        for task in (part.batch, part.starter):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):

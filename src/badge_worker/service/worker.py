@@ -77,8 +77,7 @@ class Worker:
         self.size_limits: dict[str, int] = {}  # max.message.bytes of the output topics
         self.requests: RequestCache | None = None
         self.last_poll = time.monotonic()  # liveness: the consume loop goes round
-        self._batches: dict[TopicPartition, asyncio.Task[None]] = {}  # each partition's latest batch
-        self._running: set[asyncio.Task[None]] = set()  # every batch not ended (a committing one too)
+        self._batches: dict[TopicPartition, asyncio.Task[None]] = {}  # each partition's batch in flight
         self.tracing = tracing.from_env()  # None unless the otel extra is installed and enabled
 
     # ------------------------------------------------------------------ lifecycle
@@ -195,10 +194,9 @@ class Worker:
 
     def _cancel_batches(self) -> None:
         for part in list(self.ownership.partitions.values()):
-            for task in (part.batch, part.previous):
-                if task is not None and not task.done():
-                    log.warning("shutdown_grace_exceeded", topic=part.tp.topic, partition=part.tp.partition)
-                    task.cancel()
+            if part.batch is not None and not part.batch.done():
+                log.warning("shutdown_grace_exceeded", topic=part.tp.topic, partition=part.tp.partition)
+                part.batch.cancel()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -221,7 +219,7 @@ class Worker:
                 part.resume_at = 0.0
                 if not part.unreadable:  # a parked partition stays paused (see _before_unreadable)
                     self.consumer.resume(part.tp)
-        busy = {tp for tp, task in self._batches.items() if not task.done() and not self._handed_over(tp, task)}
+        busy = {tp for tp, task in self._batches.items() if not task.done()}
         try:
             batch = await self._fetch_round(busy)
             batch.update(await self._before_unreadable(busy))
@@ -238,21 +236,15 @@ class Worker:
             if owned is None or owned.fenced or owned.retired or not raw:
                 continue  # revoked while fetched: the next owner has these records
             part = owned
-            # the batch before may still be committing: this one is processed meanwhile
-            running = part.batch is not None and not part.batch.done()
-            part.previous, part.previous_end = (part.batch, part.batch_end) if running else (None, None)
-            part.committing, part.batch_end = False, raw[-1].offset + 1
             part.batch = task = asyncio.create_task(self._process_chunks(part, raw), name=f"batch {part.name}")
             self._batches[tp] = task
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
             task.add_done_callback(_batch_ended)
         self.ready = not any(p.resume_at or p.fenced or p.unreadable for p in self.ownership.partitions.values())
         READY.set(1 if self.ready else 0)
 
     async def _drain(self) -> None:
         """Wait for every batch in flight (each is bounded, and cancelled past the shutdown grace)."""
-        running = [task for task in self._running if not task.done()]
+        running = [task for task in self._batches.values() if not task.done()]
         if running:
             await asyncio.wait(running)
         self._batches = {tp: task for tp, task in self._batches.items() if not task.done()}
@@ -360,19 +352,7 @@ class Worker:
         if part is not None:
             part.ahead = []
             part.rewinds += 1
-            part.rewound_to = offset
         self.consumer.seek(tp, offset)
-
-    def _rewind_batch(self, part: Partition, offset: int, rewinds: int) -> None:
-        """Rewind for a batch that did not commit, started when the partition had been rewound
-        `rewinds` times: never forward past a rewind since (the batch before it failed too)."""
-        if part.rewinds == rewinds or offset < part.rewound_to:
-            self._rewind(part.tp, offset)
-
-    def _handed_over(self, tp: TopicPartition, task: asyncio.Task[None]) -> bool:
-        """The partition's latest batch is committing: its next batch may be processed."""
-        part = self.ownership.get(tp)
-        return part is not None and part.batch is task and part.committing
 
     async def _before_unreadable(self, busy: Set[TopicPartition] = frozenset()) -> dict[TopicPartition, list[Any]]:
         """The readable records ahead of an unreadable one, fetched exactly up to it."""
@@ -451,11 +431,9 @@ class Worker:
         after a batch that did not commit (backed off, fenced, revoked) the rest waits for
         the next fetch, which starts again from where that batch began."""
         size = self.settings.batch_max_records
-        previous, previous_end = part.previous, part.previous_end  # read before any wait
         for start in range(0, len(raw), size):
             chunk = raw[start:start + size]
-            await self._process_partition(part, chunk, previous if start == 0 else None, previous_end,
-                                          last=start + size >= len(raw))
+            await self._process_partition(part, chunk)
             done = part.start_offset is not None and part.start_offset > chunk[-1].offset
             if not done or part.fenced or part.retired or part.resume_at or self.stopping.is_set():
                 if done and start + size < len(raw):  # stopping: the rest is fetched again later
@@ -463,16 +441,12 @@ class Worker:
                         self._rewind(part.tp, raw[start + size].offset)
                 return
 
-    async def _process_partition(self, part: Partition, raw: list[Any], previous: asyncio.Task[None] | None = None,
-                                 previous_end: int | None = None, *, last: bool = True) -> None:
-        """Process one batch and commit it. `previous`: the partition's batch before, still
-        committing when this one started; this one commits only after it did."""
+    async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
         assert self.consumer is not None and self.processor is not None and self.repos is not None
         assert self.requests is not None
         records = [kafka_io.to_input(r, self.settings, replay_secret=self.replay_secret) for r in raw]
         started = time.perf_counter()
         spans: BatchSpans | None = None
-        rewinds = part.rewinds
         try:
             producer = await self.ownership.ready(part)
             records = self._from_committed(part, records)
@@ -496,21 +470,13 @@ class Worker:
                     r.outcome = stored[r.ledger]
             await self.requests.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in decided)
             stored_at = time.perf_counter()
-            if previous is not None:
-                if not await self._after_previous(part, previous, previous_end, rewinds):
-                    if spans is not None:
-                        spans.finish(error=NotOwned("the batch before it did not commit"))
-                    return  # read again from where the batch before was rewound (or by the next owner)
-                producer = await self.ownership.ready(part)
-            if last and part.batch is asyncio.current_task():
-                part.committing = True  # the partition's next batch may be processed meanwhile
             await commit_batch(producer, self.settings, part.tp, records, results, self.bounds, self.size_limits)
         except BaseException as exc:
             if spans is not None:
                 spans.finish(error=exc)
             if not isinstance(exc, Exception):
                 raise  # cancelled (revoked, or shutdown past its grace): nothing was committed
-            await self._batch_failed(part, records, exc, rewinds)
+            await self._batch_failed(part, records, exc)
             return
         if spans is not None:
             spans.finish(results=results)
@@ -535,23 +501,8 @@ class Worker:
                   # with the seconds above, where a record's produce->outcome time goes
                   first_record_age_s=round(time.time() - records[0].timestamp_ms / 1000, 4))
 
-    async def _after_previous(self, part: Partition, previous: asyncio.Task[None], previous_end: int | None,
-                              rewinds: int) -> bool:
-        """Wait for the batch before to end; whether it committed everything ahead of this one
-        (if not, it was rewound, fenced or revoked, or cancelled on shutdown)."""
-        if not previous.done():
-            await asyncio.wait([previous])
-        committed = part.start_offset is not None and previous_end is not None and part.start_offset >= previous_end
-        if committed and part.rewinds == rewinds and not (part.fenced or part.retired):
-            return True
-        log.info("batch_not_committed", topic=part.tp.topic, partition=part.tp.partition,
-                 reason="the batch before it did not commit")
-        return False
-
-    async def _batch_failed(self, part: Partition, records: list[InputRecord], exc: Exception,
-                            rewinds: int) -> None:
-        """Nothing of the batch was committed: fence, or rewind and back off. `rewinds`: the
-        partition's count when the batch started."""
+    async def _batch_failed(self, part: Partition, records: list[InputRecord], exc: Exception) -> None:
+        """Nothing of the batch was committed: fence, or rewind and back off."""
         assert self.consumer is not None
         if isinstance(exc, NotOwned):
             if part.retired:  # revoked: the next owner starts from the committed offset
@@ -559,7 +510,7 @@ class Worker:
             # Not ours any more (or not sure): rewind, pause and ask the group what we own.
             if records and part.tp in self.consumer.assignment():
                 with contextlib.suppress(Exception):
-                    self._rewind_batch(part, records[0].offset, rewinds)
+                    self._rewind(part.tp, records[0].offset)
             self.ownership.fence(part)
             return
         if isinstance(exc, FENCED_ERRORS):
@@ -570,7 +521,7 @@ class Worker:
             await self.ownership.reset_producer(part)  # its transaction state is unknown
         if not is_infra_error(exc):
             log.error("batch_failed", topic=part.tp.topic, partition=part.tp.partition, exc_info=exc)
-        self._back_off(part, records[0].offset if records else None, exc, rewinds)
+        self._back_off(part, records[0].offset if records else None, exc)
 
     def _start_spans(self, part: Partition, records: list[InputRecord]) -> BatchSpans | None:
         if self.tracing is None or not records:
@@ -593,7 +544,7 @@ class Worker:
                  records=len(records) - len(kept), committed=start)
         return kept
 
-    def _back_off(self, part: Partition, first_offset: int | None, exc: BaseException, rewinds: int) -> None:
+    def _back_off(self, part: Partition, first_offset: int | None, exc: BaseException) -> None:
         """Nothing was committed: rewind the partition, pause it, and try again later."""
         assert self.consumer is not None
         delay = min(max(self.settings.backoff_initial_s, part.delay * 2), self.settings.backoff_max_s)
@@ -604,7 +555,7 @@ class Worker:
         INFRA_RETRIES.inc()
         if part.tp in self.consumer.assignment() and not part.retired:
             if first_offset is not None:
-                self._rewind_batch(part, first_offset, rewinds)
+                self._rewind(part.tp, first_offset)
             self.consumer.pause(part.tp)
         log.warning("infrastructure_unavailable", topic=part.tp.topic, partition=part.tp.partition,
                     error=type(exc).__name__, reason=str(exc)[:200], retry_in=delay)
