@@ -172,3 +172,96 @@ async def test_a_slow_partition_does_not_hold_the_others(topics: Settings, monke
         release.set()
         await worker._drain()
         await consumer.stop()
+
+
+async def test_a_busy_partition_reads_ahead_and_its_next_batch_starts_with_it(
+        topics: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While partition 0's first batch hangs, the loop takes its next records out of the
+    client (into `ahead`, about a batch), so that the client keeps fetching; the batch after
+    it starts with exactly those, and every record still comes once, in order."""
+    tps = await backlog(topics)
+    worker = await assigned_worker(topics, tps)
+    consumer = worker.consumer
+    assert consumer is not None
+    for tp in tps:
+        worker.ownership.partitions[tp] = Partition(tp, generation=1)
+    part0 = worker.ownership.partitions[tps[0]]
+    release = asyncio.Event()
+    seen: dict[int, list[str]] = {}
+    batches0: list[list[str]] = []
+
+    async def process(part: Partition, raw: list[Any]) -> None:
+        p = part.tp.partition
+        if p == 0:
+            batches0.append([r.value.decode() for r in raw])
+            if len(batches0) == 1:
+                await release.wait()
+        seen.setdefault(p, []).extend(r.value.decode() for r in raw)
+
+    monkeypatch.setattr(worker, "_process_chunks", process)
+    try:
+        async with asyncio.timeout(60):
+            while len(part0.ahead) < SIZE:
+                await worker._poll_once()
+        ahead = [r.value.decode() for r in part0.ahead]
+        assert ahead == [f"0:{n}" for n in range(SIZE, SIZE + len(ahead))]  # what follows the hung batch
+        assert len(ahead) < 2 * SIZE
+        release.set()
+        async with asyncio.timeout(60):
+            while sum(map(len, seen.values())) < PER_PARTITION * len(tps):
+                await worker._poll_once()
+            await worker._drain()
+        assert batches0[1][:len(ahead)] == ahead
+        assert seen == in_order(len(tps))
+    finally:
+        release.set()
+        await worker._drain()
+        await consumer.stop()
+
+
+async def test_a_read_ahead_that_returns_across_a_rewind_is_dropped(
+        topics: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partition 0's batch fails (rewound to its first record) while a read-ahead of it is
+    out: the records that read-ahead brings are stale (the client will read them again from
+    the rewind), so they must not be kept, or they would run twice and out of order."""
+    tps = await backlog(topics)
+    worker = await assigned_worker(topics, tps)
+    consumer = worker.consumer
+    assert consumer is not None
+    for tp in tps:
+        worker.ownership.partitions[tp] = Partition(tp, generation=1)
+    part0 = worker.ownership.partitions[tps[0]]
+    first_batch: list[Any] = []
+    failed = asyncio.Event()
+    seen: dict[int, list[str]] = {}
+    real = consumer.getmany
+
+    async def getmany(*partitions: TopicPartition, **kwargs: Any) -> Any:
+        got = await real(*partitions, **kwargs)
+        if got.get(tps[0]) and first_batch and not failed.is_set():
+            # the batch in flight fails while this read-ahead is on its way back
+            worker._rewind(tps[0], first_batch[0].offset)
+            failed.set()
+        return got
+
+    async def process(part: Partition, raw: list[Any]) -> None:
+        p = part.tp.partition
+        if p == 0 and not first_batch:
+            first_batch.extend(raw)
+            await failed.wait()
+            return  # not committed: read again from its first record
+        seen.setdefault(p, []).extend(r.value.decode() for r in raw)
+
+    monkeypatch.setattr(worker, "_process_chunks", process)
+    monkeypatch.setattr(consumer, "getmany", getmany)
+    try:
+        async with asyncio.timeout(60):
+            while sum(map(len, seen.values())) < PER_PARTITION * len(tps):
+                await worker._poll_once()
+            await worker._drain()
+        assert failed.is_set() and part0.rewinds >= 1
+        assert seen == in_order(len(tps))  # the failed batch once more, then the rest, once each
+    finally:
+        failed.set()
+        await worker._drain()
+        await consumer.stop()
