@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -71,9 +71,6 @@ class Partition:
     retired: bool = False
     unreadable: bool = False  # the Kafka client cannot parse a record here (worker._isolate_unreadable)
     readable_left: int = 0  # records ahead of the unreadable one, still to process
-    # records fetched while its batch was in flight, for its next batch (worker._fetch_round)
-    ahead: list[Any] = field(default_factory=list)
-    rewinds: int = 0  # seeks back so far: a read-ahead that returns across one is stale
 
     @property
     def name(self) -> str:

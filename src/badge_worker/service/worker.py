@@ -257,46 +257,23 @@ class Worker:
         (seen after a restart: three of eight partitions idle through the first round, and the
         in-flight records of the late ones read from MongoDB in a second resume load).
 
-        The busy partitions are read too, into `Partition.ahead` (up to a batch each), which
-        their next batch starts with. aiokafka sends a broker no fetch while any partition it
-        leads has records nobody took (for up to `prefetch_backoff`), and never refetches a
-        partition whose records are still buffered: left there, the records of a busy
-        partition held every partition's fetches back, and what arrived after its first fetch
-        waited for the batch after next (at 1,000 earns/s a batch's last record was already
-        43 ms old when the batch started).
-
         While batches are in flight the wait is short, so that a partition whose batch has
         just committed is fetched again at once; when every partition is busy, it waits for one
-        to finish or for records to read ahead."""
+        to finish instead."""
         assert self.consumer is not None
         consumer, size = self.consumer, self.settings.batch_max_records
-        readable = consumer.assignment() - consumer.paused()
-        free = sorted(readable - busy)
-        reading_ahead = sorted(tp for tp in readable & busy if (p := self.ownership.get(tp)) is not None
-                               and len(p.ahead) < size and not p.unreadable)
-        rewinds = {tp: (p, p.rewinds) for tp in reading_ahead if (p := self.ownership.get(tp)) is not None}
+        free = sorted(consumer.assignment() - consumer.paused() - busy)
         if busy and not free:
-            got = await self._read_ahead_while_busy(busy, reading_ahead)
-            self._keep_ahead(got, rewinds)
+            await asyncio.wait([self._batches[tp] for tp in busy], timeout=self.settings.fetch_timeout_ms / 1000,
+                               return_when=asyncio.FIRST_COMPLETED)
             return {}
-        waiting = any(p.ahead for tp in free if (p := self.ownership.get(tp)) is not None)
-        wait_ms = 0 if waiting else min(self.settings.fetch_timeout_ms, BUSY_FETCH_WAIT_MS) if busy \
-            else self.settings.fetch_timeout_ms
-        got = await bounded(consumer.getmany(*free, *reading_ahead, timeout_ms=wait_ms, max_records=size),
-                            self.bounds.kafka_call, "fetch")
-        self._keep_ahead(got, rewinds)
-        batch: dict[TopicPartition, list[Any]] = {}
-        for tp in free:
-            part = self.ownership.get(tp)
-            taken, fetched = (part.ahead if part is not None else []), got.get(tp, [])
-            if part is not None:
-                part.ahead = []
-            if taken or fetched:
-                batch[tp] = [*taken, *fetched]
+        wait_ms = min(self.settings.fetch_timeout_ms, BUSY_FETCH_WAIT_MS) if busy else self.settings.fetch_timeout_ms
+        batch: dict[TopicPartition, list[Any]] = await bounded(
+            consumer.getmany(*free, timeout_ms=wait_ms, max_records=size), self.bounds.kafka_call, "fetch")
         if not batch:
             return batch
         try:
-            for tp in free:
+            for tp in sorted(consumer.assignment() - consumer.paused() - busy):
                 have = len(batch.get(tp, ()))
                 if have >= size:
                     continue
@@ -309,50 +286,9 @@ class Worker:
             # first record, or a failed top-up would lose the records taken before it.
             for tp, records in batch.items():
                 with contextlib.suppress(Exception):
-                    self._rewind(tp, records[0].offset)
+                    consumer.seek(tp, records[0].offset)
             raise
         return batch
-
-    async def _read_ahead_while_busy(self, busy: Set[TopicPartition],
-                                     reading_ahead: list[TopicPartition]) -> dict[TopicPartition, list[Any]]:
-        """Every partition has a batch in flight: wait until one ends, or until records come
-        for those that can still read ahead (a getmany cancelled while waiting takes none)."""
-        assert self.consumer is not None
-        batches = [self._batches[tp] for tp in busy]
-        timeout = self.settings.fetch_timeout_ms / 1000
-        if not reading_ahead:
-            await asyncio.wait(batches, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            return {}
-        fetch = asyncio.ensure_future(self.consumer.getmany(*reading_ahead, timeout_ms=self.settings.fetch_timeout_ms,
-                                                            max_records=self.settings.batch_max_records))
-        try:
-            await asyncio.wait([*batches, fetch], timeout=timeout * 2, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not fetch.done():
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await fetch
-        return {} if fetch.cancelled() else fetch.result()
-
-    def _keep_ahead(self, got: dict[TopicPartition, list[Any]],
-                    rewinds: dict[TopicPartition, tuple[Partition, int]]) -> None:
-        """Put what was read for busy partitions in their `ahead`, unless the partition was
-        rewound (its batch failed) or changed hands while the fetch was out: the client then
-        reads those records again, from where it was sent back or from the committed offset."""
-        for tp, (part, before) in rewinds.items():
-            records = got.get(tp)
-            if records and self.ownership.get(tp) is part and part.rewinds == before \
-                    and not (part.fenced or part.retired):
-                part.ahead.extend(records)
-
-    def _rewind(self, tp: TopicPartition, offset: int) -> None:
-        """Send the partition's fetch back to `offset`; what it had read ahead goes (read again)."""
-        assert self.consumer is not None
-        part = self.ownership.get(tp)
-        if part is not None:
-            part.ahead = []
-            part.rewinds += 1
-        self.consumer.seek(tp, offset)
 
     async def _before_unreadable(self, busy: Set[TopicPartition] = frozenset()) -> dict[TopicPartition, list[Any]]:
         """The readable records ahead of an unreadable one, fetched exactly up to it."""
@@ -395,7 +331,7 @@ class Worker:
             if start is not None:
                 starts[tp] = start
                 with contextlib.suppress(Exception):
-                    self._rewind(tp, start)
+                    consumer.seek(tp, start)
         for tp in active:
             unreadable, position, readable = False, None, 0
             for _ in range(self.settings.batch_max_records):  # one record at a time, up to a batch
@@ -414,7 +350,7 @@ class Worker:
                 readable += len(got[tp])
             with contextlib.suppress(Exception):  # read ahead while probing: read them again later
                 if tp in starts:
-                    self._rewind(tp, starts[tp])
+                    consumer.seek(tp, starts[tp])
                 if unreadable:
                     consumer.pause(tp)
             if unreadable:
@@ -438,7 +374,7 @@ class Worker:
             if not done or part.fenced or part.retired or part.resume_at or self.stopping.is_set():
                 if done and start + size < len(raw):  # stopping: the rest is fetched again later
                     with contextlib.suppress(Exception):
-                        self._rewind(part.tp, raw[start + size].offset)
+                        self.consumer.seek(part.tp, raw[start + size].offset)  # type: ignore[union-attr]
                 return
 
     async def _process_partition(self, part: Partition, raw: list[Any]) -> None:
@@ -510,11 +446,10 @@ class Worker:
             # Not ours any more (or not sure): rewind, pause and ask the group what we own.
             if records and part.tp in self.consumer.assignment():
                 with contextlib.suppress(Exception):
-                    self._rewind(part.tp, records[0].offset)
+                    self.consumer.seek(part.tp, records[0].offset)
             self.ownership.fence(part)
             return
         if isinstance(exc, FENCED_ERRORS):
-            part.ahead = []  # paused until the group assigns it again (a fresh Partition then)
             self.ownership.fence(part)
             return
         if isinstance(exc, TimeoutError) or is_kafka_infra_error(exc):
@@ -555,7 +490,7 @@ class Worker:
         INFRA_RETRIES.inc()
         if part.tp in self.consumer.assignment() and not part.retired:
             if first_offset is not None:
-                self._rewind(part.tp, first_offset)
+                self.consumer.seek(part.tp, first_offset)
             self.consumer.pause(part.tp)
         log.warning("infrastructure_unavailable", topic=part.tp.topic, partition=part.tp.partition,
                     error=type(exc).__name__, reason=str(exc)[:200], retry_in=delay)
