@@ -280,10 +280,6 @@ def _main(argv: list[str] | None) -> int:
     return 2  # pragma: no cover - argparse requires a command
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The worker's event loop (EVENT_LOOP): uvloop unless asked otherwise."""
     if kind == "uvloop":
@@ -291,3 +287,7 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
         return uvloop.new_event_loop
     return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
