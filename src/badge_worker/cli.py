@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +230,7 @@ def _main(argv: list[str] | None) -> int:
         from badge_worker.service.worker import run_worker
 
         tune_gc(settings.gc_young_threshold)  # once the modules are imported: they are frozen
-        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
-            runner.run(run_worker(settings))
+        asyncio.run(run_worker(settings))
         return 0
     if args.command == "badges":
         count = asyncio.run(load_badges(settings, args.files))
@@ -278,15 +276,6 @@ def _main(argv: list[str] | None) -> int:
 
         return asyncio.run(run_demo(settings, args.seeds))
     return 2  # pragma: no cover - argparse requires a command
-
-
-def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The worker's event loop (EVENT_LOOP): uvloop unless asked otherwise."""
-    if kind == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return None
 
 
 if __name__ == "__main__":

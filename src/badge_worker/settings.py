@@ -75,8 +75,6 @@ class Settings(BaseSettings):
     # (its default 700 made collections ~30% of the worker's CPU: a batch in flight survives
     # young collections and is promoted, so full collections ran every ~10 s); 0 = Python's default
     gc_young_threshold: int = Field(default=20_000, ge=0)
-    # the worker's event loop: uvloop (libuv, C transports) or the standard library's
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_attempts: int = 3  # per message, for unexpected errors, before 500 + DLQ
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0

@@ -135,8 +135,7 @@ class Worker:
             self.ownership.consumer = self.consumer
             self.consumer.subscribe(self.settings.input_topics(), listener=_Rebalance(self.ownership))
             await bounded(self.consumer.start(), self.bounds.kafka_call * 2, "consumer start")
-            log.info("worker_started", topics=self.settings.input_topics(),
-                     event_loop=type(asyncio.get_running_loop()).__module__)
+            log.info("worker_started", topics=self.settings.input_topics())
             self.ready = True
             READY.set(1)
             while not self.stopping.is_set():
