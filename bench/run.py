@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -410,7 +411,24 @@ async def drain(name: str, base: Settings, bodies: list[dict[str, Any]], *badges
     return Row(name, counted, seconds, cpu, rss, codes, note)
 
 
-async def latency(base: Settings, rate: float, seconds: float, log: Path) -> tuple[float, float, int]:
+@dataclass
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    earns: int
+    cpu: dict[str, float]  # CPU seconds of each process while the earns were offered
+    round_trips: dict[str, tuple[float, float]]  # probe name -> (p50, p99) ms, meanwhile
+
+    def cpu_ms(self, name: str) -> float:
+        return self.cpu.get(name, 0.0) * 1000 / self.earns if self.earns else 0.0
+
+
+def start_probe(s: Settings) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "probe.py"), s.redis_url, s.mongodb_uri,
+                             s.mongodb_database], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+async def latency(base: Settings, rate: float, seconds: float, log: Path) -> Latency:
     s = fresh(base)
     b = badge("lat", **WIDE)
     await prepare(s, b)
@@ -424,6 +442,10 @@ async def latency(base: Settings, rate: float, seconds: float, log: Path) -> tup
                     await collector.poll(20)
 
             poller = asyncio.create_task(keep_polling())
+            # round trips measured meanwhile from a process of its own (bench/probe.py)
+            prober = start_probe(s)
+            meter = CpuMeter({"worker": proc.pid, **server_pids()})
+            meter.begin()
             n = int(rate * seconds)
             bodies = earn_bodies(n, "l", "lat")
             coords: list[Coord] = []
@@ -437,12 +459,15 @@ async def latency(base: Settings, rate: float, seconds: float, log: Path) -> tup
                     await asyncio.sleep(ahead)
             poller.cancel()
             seen: dict[Coord, Outcome] = await collector.wait_for(coords, 600)
+            used = meter.used()
+            out, _ = await asyncio.to_thread(prober.communicate, timeout=30)  # stdin closed: it stops
+            round_trips = {name: (float(p50), float(p99)) for name, (p50, p99) in json.loads(out).items()}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         await cleanup(s)
     lat = sorted((seen[c].received_at - pub.sent_at[c]) * 1000 for c in coords)
-    return statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))], len(lat)
+    return Latency(statistics.median(lat), lat[min(len(lat) - 1, int(len(lat) * 0.99))], len(lat), used, round_trips)
 
 
 # ------------------------------------------------------------------ report
@@ -520,7 +545,7 @@ async def main() -> None:
     if "latency" in phases:
         say("latency")
         lat = await latency(base, args.rate, 10.0 if not args.quick else 5.0, args.log)
-        say(f"latency at {args.rate:.0f}/s: p50 {lat[0]:.0f} ms, p99 {lat[1]:.0f} ms")
+        say(f"latency at {args.rate:.0f}/s: p50 {lat.p50_ms:.0f} ms, p99 {lat.p99_ms:.0f} ms")
     if "stored" in phases:
         say(f"stored ({stored:,} earned badges first)")
         # FerretDB scans every stored document on a badge's first use (no index for finds):
@@ -533,8 +558,11 @@ async def main() -> None:
     print(table(rows, ceiling_rate))
     by = {r.name: r for r in rows}
     if lat is not None:
-        print(f"\nlatency at {args.rate:.0f} earns/s offered ({lat[2]} earns): "
-              f"p50 {lat[0]:.0f} ms, p99 {lat[1]:.0f} ms")
+        print(f"\nlatency at {args.rate:.0f} earns/s offered ({lat.earns} earns): "
+              f"p50 {lat.p50_ms:.0f} ms, p99 {lat.p99_ms:.0f} ms")
+        print("  meanwhile, CPU ms per earn: " + ", ".join(f"{name} {lat.cpu_ms(name):.3f}" for name in lat.cpu))
+        print("  meanwhile, round trips from a probe (p50 / p99 ms): "
+              + ", ".join(f"{name} {p50:.2f} / {p99:.2f}" for name, (p50, p99) in lat.round_trips.items()))
     print("\ntargets:")
 
     def target(text: str, value: float | None, ok: bool | None) -> None:
@@ -561,7 +589,7 @@ async def main() -> None:
         if "naive accept" in by:
             print(f"  worker / naive: {accept.rate / by['naive accept'].rate:.1f}x")
     if lat is not None:
-        target(f"p99 ms at {args.rate:.0f} earns/s (<= 100)", lat[1], lat[1] <= 100)
+        target(f"p99 ms at {args.rate:.0f} earns/s (<= 100)", lat.p99_ms, lat.p99_ms <= 100)
 
 
 if __name__ == "__main__":
