@@ -433,6 +433,7 @@ async def latency(base: Settings, rate: float, seconds: float, log: Path) -> Lat
     b = badge("lat", **WIDE)
     await prepare(s, b)
     proc = start_worker(s, f"{s.consumer_group}-0", log)
+    prober: subprocess.Popen[bytes] | None = None
     try:
         async with Collector(s) as collector, Publisher(s) as pub:
             await warm_up(s, collector, pub)
@@ -463,6 +464,9 @@ async def latency(base: Settings, rate: float, seconds: float, log: Path) -> Lat
             out, _ = await asyncio.to_thread(prober.communicate, timeout=30)  # stdin closed: it stops
             round_trips = {name: (float(p50), float(p99)) for name, (p50, p99) in json.loads(out).items()}
     finally:
+        if prober is not None and prober.poll() is None:  # the phase failed: or it would write on after cleanup
+            prober.kill()
+            prober.wait(10)
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         await cleanup(s)
