@@ -58,6 +58,12 @@ ISSUES = "issues"
 EARNED = "earned_badges"
 INTENTS = "earn_intents"  # an earn about to take its limits (see adapters/mongo.py)
 REJECTIONS = "earn_rejections"  # an intent whose earn was refused (same _id as the intent)
+# Every ledger entry, stored outcome, intent, earned badge and rejection of an earn carries
+# the block of its message: "topic/partition/(offset // ORIGIN_BLOCK_OFFSETS)". A restart reads
+# what the killed worker left by block, a filter FerretDB hands to PostgreSQL (a requestId $in
+# makes it decode and compare every document of the collection). A batch of 500 spans <= 3.
+ORIGIN_BLOCK_FIELD = "originBlock"
+ORIGIN_BLOCK_OFFSETS = 256
 COUNTER_MARKS = "counter_marks"  # per badge (_id "org:badge"): the highest counter seq seen (watermark)
 SETTINGS = "settings"  # process-wide values shared by workers and operator tools
 REPLAY_KEY_ID = "replay-signing-key"

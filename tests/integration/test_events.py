@@ -205,7 +205,7 @@ async def publish_aborted(producer: Any, s: Settings, results: list[Result]) -> 
 
 async def stored_like_the_worker(repos: Repositories, cache: RequestCache, results: list[Result]) -> None:
     decided = [r for r in results if r.ledger is not None and not r.replayed]
-    await repos.ledger_store_outcomes((r.ledger, r.outcome) for r in decided)
+    await repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in decided)
     await cache.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in decided)
 
 

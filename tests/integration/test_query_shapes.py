@@ -16,6 +16,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis
 
+from badge_worker import constants as K
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
@@ -98,6 +99,7 @@ async def test_every_query_the_worker_issues_is_served_by_an_index_it_creates(
                     "ownerType": "LOYALTY", "referenceId": "prog-1"}]
         batch = [record(i, b) for i, b in enumerate(bodies)]
         first = await processor.process_batch(batch)
+        await processor.process_batch(batch)  # as after a stop: no outcome cached (the resume reads)
         earned = [r.outcome["data"]["earnedBadgeId"] for r in first
                   if r.ok and r.outcome["data"] and "earnedBadgeId" in r.outcome["data"]]
         more = [{"type": "revokeEarn", "orgId": ORG, "requestId": "re1", "badgeMetaId": "shape-b",
@@ -120,17 +122,21 @@ async def test_every_query_the_worker_issues_is_served_by_an_index_it_creates(
     assert shapes.seen, "nothing was recorded"
     collections = {c for _, c, _, _ in shapes.seen}
     assert {"badges", "earned_badges", "earn_intents", "requests"} <= collections, collections
+    assert {c for _, c, fields, _ in shapes.seen if fields == (K.ORIGIN_BLOCK_FIELD,)} == {
+        "requests", "outcomes", "earned_badges", "earn_intents", "earn_rejections"}, shapes.seen
     unserved = sorted({(name, coll, fields, sort) for name, coll, fields, sort in shapes.seen
                        if not served(fields, sort, indexes.get(coll, []))})
     assert unserved == [], f"queries without an index: {unserved}; indexes: {indexes}"
 
 
 class Finds(monitoring.CommandListener):
-    """The requestIds each find asked a collection about (its `requestId: {$in}` filter)."""
+    """The requestIds each find asked a collection about (its `requestId: {$in}` filter), and
+    the origin blocks."""
 
     def __init__(self) -> None:
         self.asked: dict[str, set[str]] = {}
         self.count: Counter[str] = Counter()  # finds by requestId or _id, per collection
+        self.blocks: dict[str, list[str]] = {}  # finds by origin block, per collection
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name != "find":
@@ -140,6 +146,8 @@ class Finds(monitoring.CommandListener):
         ids = wanted.get("$in", []) if isinstance(wanted, dict) else [wanted] if wanted is not None else []
         if wanted is not None or "_id" in flt:
             self.count[str(event.command["find"])] += 1
+        if K.ORIGIN_BLOCK_FIELD in flt:
+            self.blocks.setdefault(str(event.command["find"]), []).append(str(flt[K.ORIGIN_BLOCK_FIELD]))
         self.asked.setdefault(str(event.command["find"]), set()).update(str(i) for i in ids)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
@@ -153,9 +161,10 @@ async def test_a_restart_reads_each_collection_once_for_the_whole_batch(
         settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
     """A worker killed after storing the outcomes of 30 earns (not yet cached in Redis) and
     before storing those of 10 more: the restarted worker reads each collection once for all
-    40 — the ledger then the outcomes, and beside them earned badges, intents and rejections
-    (read one after the other they held a restart's first batches for seconds on FerretDB) —
-    and answers the 30 from their stored outcomes, the 10 by redoing them."""
+    40, by the block of their offsets and side by side — the ledger, the outcomes, earned
+    badges, intents and rejections (read one after the other they held a restart's first
+    batches for seconds on FerretDB), none by requestId — and answers the 30 from their stored
+    outcomes, the 10 by redoing them."""
     await load(mongo, live_badge("resume-b", customerConstraints=[
         {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}]))
     finds = Finds()
@@ -168,20 +177,17 @@ async def test_a_restart_reads_each_collection_once_for_the_whole_batch(
         batch = [record(i, {"orgId": ORG, "requestId": f"r{i}", "badgeMetaId": "resume-b",
                             "customerId": 1000 + i % 20}) for i in range(40)]
         first = await Processor(repos, store, cache, badge_cache_ttl=60).process_batch(batch)
-        await repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first[:30] if r.ledger is not None)
+        await repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first[:30]
+                                          if r.ledger is not None)
         finds.asked.clear()
         again = await Processor(repos, store, cache, badge_cache_ttl=60).process_batch(batch)
     finally:
         await client.close()
     assert {r.code for r in first} == {200, 830}
     assert [r.outcome for r in again] == [r.outcome for r in first]  # the same answers, stored or redone
-    everyone = {f"r{i}" for i in range(40)}
-    assert finds.asked.get("requests") == everyone
-    for collection in ("earned_badges", "earn_intents", "earn_rejections"):
-        assert finds.asked.get(collection) == everyone, (collection, finds.asked)
-    assert {c: finds.count[c] for c in ("requests", "outcomes", "earned_badges", "earn_intents",
-                                        "earn_rejections")} == dict.fromkeys(
-        ("requests", "outcomes", "earned_badges", "earn_intents", "earn_rejections"), 1)
+    collections = ("requests", "outcomes", "earned_badges", "earn_intents", "earn_rejections")
+    assert {c: finds.blocks.get(c) for c in collections} == dict.fromkeys(collections, ["t.earns/0/0"])
+    assert not any(finds.asked.values()) and not set(finds.count) & set(collections), (finds.asked, finds.count)
     assert [r.replayed for r in again[:30]] == [True] * 30  # answered from the stored outcome
     assert not any(r.replayed for r in again[30:])  # redone: their state had no outcome
 
@@ -198,7 +204,8 @@ async def test_reused_request_ids_read_only_the_ledger_and_outcomes(
         bodies = [{"orgId": ORG, "requestId": f"u{i}", "badgeMetaId": "reuse-b", "customerId": 2000 + i}
                   for i in range(20)]
         first = await processor.process_batch([record(i, b) for i, b in enumerate(bodies)])
-        await processor.repos.ledger_store_outcomes((r.ledger, r.outcome) for r in first if r.ledger is not None)
+        await processor.repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first
+                                                    if r.ledger is not None)
         finds.asked.clear()
         finds.count.clear()
         reused = await processor.process_batch([record(500 + i, b) for i, b in enumerate(bodies)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bson import ObjectId
 
+from badge_worker import constants as K
 from badge_worker.adapters import stored_outcome
 from badge_worker.adapters.mongo import Repositories
 
@@ -17,12 +18,14 @@ def outcome(request_id: str, code: str | None = None) -> dict[str, object]:
 
 async def test_outcomes_are_stored_as_text_and_the_first_one_is_kept(mongo: Repositories) -> None:
     first, second = ObjectId(), ObjectId()
-    assert await mongo.ledger_store_outcomes([(first, outcome("a")), (second, outcome("b"))]) == {}
+    assert await mongo.ledger_store_outcomes([(first, outcome("a"), "t/0/1"), (second, outcome("b"), "t/0/2")]) == {}
     raw = await mongo.outcomes.find_one({"_id": first})
-    assert raw is not None and set(raw) == {"_id", stored_outcome.TEXT, "decidedAt"}
+    assert raw is not None and set(raw) == {"_id", stored_outcome.TEXT, "decidedAt", K.ORIGIN_BLOCK_FIELD}
+    assert raw[K.ORIGIN_BLOCK_FIELD] == "t/0/0"
     assert isinstance(raw[stored_outcome.TEXT], str)
     # another run of the same message decided otherwise: it is told the first outcome
-    earlier = await mongo.ledger_store_outcomes([(first, outcome("a", "830")), (ObjectId(), outcome("c"))])
+    earlier = await mongo.ledger_store_outcomes([(first, outcome("a", "830"), "t/0/1"),
+                                               (ObjectId(), outcome("c"), "t/0/3")])
     assert earlier == {first: outcome("a")}
 
 
@@ -36,7 +39,7 @@ async def test_an_outcome_stored_as_a_document_answers_a_redelivery(mongo: Repos
     assert state.outcomes == {entry.id: legacy}
     again = await mongo.ledger_claim(7, "old", "t/0/5", "earn")  # no resume state: the duplicate path
     assert (again.new, again.outcome) == (False, legacy)
-    assert await mongo.ledger_store_outcomes([(entry.id, outcome("old", "830"))]) == {entry.id: legacy}
+    assert await mongo.ledger_store_outcomes([(entry.id, outcome("old", "830"), "t/0/5")]) == {entry.id: legacy}
 
 
 async def test_limits_are_stored_as_text_and_both_shapes_count_in_a_rebuild(mongo: Repositories) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,19 @@ def definition(doc: Doc, claims: list[Doc]) -> BadgeDefinition:
 RequestKey = tuple[int, str]  # (orgId, requestId)
 
 
+def _block_of(doc: Doc) -> Doc:
+    """The origin block field of `doc`, to copy (none on documents stored before blocks)."""
+    block = doc.get(K.ORIGIN_BLOCK_FIELD)
+    return {} if block is None else {K.ORIGIN_BLOCK_FIELD: block}
+
+
+def origin_block(origin: str) -> str:
+    """The block of offsets of `origin` ("topic/partition/offset"), stored with what an earn
+    writes (constants.ORIGIN_BLOCK_FIELD); an origin of another form is its own block."""
+    head, _, offset = origin.rpartition("/")
+    return f"{head}/{int(offset) // K.ORIGIN_BLOCK_OFFSETS}" if head and offset.isascii() and offset.isdigit() else origin
+
+
 @dataclass
 class ResumeState:
     """What MongoDB holds for the requestIds of a batch that were in flight when a worker
@@ -117,12 +130,17 @@ class ResumeState:
     rejected: set[RequestKey] = field(default_factory=set)  # intents with a rejection marker
 
 
+async def _ready(state: ResumeState) -> ResumeState:
+    return state
+
+
 @dataclass
 class _Prefetch:
     done: asyncio.Future[ResumeState]
     keys: set[RequestKey] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)
     restart: bool = False  # some keys were in flight when a worker stopped
+    blocks: dict[RequestKey, str] = field(default_factory=dict)  # earns in flight: read by block
 
 
 @dataclass(frozen=True)
@@ -159,13 +177,17 @@ class Repositories:
         # the read API's statistics: active and expired counts per badge (api/)
         status_expiry = IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("status", ASCENDING),
                                     ("expiresOn", ASCENDING)], name="org_badge_status_expiry")
+        # a restart's read of what the earns in flight wrote (_load_by_block); sparse: documents
+        # stored before blocks, and issues, have none
+        origin = IndexModel([(K.ORIGIN_BLOCK_FIELD, ASCENDING)], name="origin_block", sparse=True)
         wanted = {
-            self.requests: [org_request],
+            self.requests: [org_request, origin],
+            self.outcomes: [origin],
             self.issues: [org_request, org_customer_badge,
                           IndexModel([("orgId", ASCENDING), ("revokedBy", ASCENDING)], name="org_revoked_by"),
                           status_expiry],
             self.intents: [org_request, IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING),
-                                                    ("status", ASCENDING)], name="org_badge_status")],
+                                                    ("status", ASCENDING)], name="org_badge_status"), origin],
             self.earned: [
                 org_request, org_customer_badge,
                 IndexModel([("orgId", ASCENDING), ("customerId", ASCENDING), ("badgeGroupId", ASCENDING)],
@@ -173,11 +195,12 @@ class Repositories:
                 # the rebuild's held earns, and the read API's counts per cycle (eventDate)
                 IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("status", ASCENDING),
                             ("eventDate", ASCENDING)], name="org_badge_status_date"),
-                status_expiry,
+                status_expiry, origin,
             ],
             self.rejections: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING)], name="org_badge"),
                               # a redelivered batch looks its requestIds up (prefetch_resume)
-                              IndexModel([("orgId", ASCENDING), ("requestId", ASCENDING)], name="org_request")],
+                              IndexModel([("orgId", ASCENDING), ("requestId", ASCENDING)], name="org_request"),
+                              origin],
             self.badges: [IndexModel([("orgId", ASCENDING), ("badgeGroupId", ASCENDING)], name="org_group")],
             self.claims: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("order", ASCENDING)],
                                      name="org_badge_order")],
@@ -300,10 +323,14 @@ class Repositories:
 
     # ---- the requestId ledger
     async def prefetch_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str] | None = None, *,
-                              restart: bool = False) -> ResumeState:
+                              restart: bool = False, blocks: Mapping[RequestKey, str] | None = None
+                              ) -> ResumeState:
         """What MongoDB holds for `keys` (see ResumeState); `kinds`: the command types among
         them, so that only the collections they write are read; `restart`: some were in flight
-        when a worker stopped (the batches of other partitions are waited for longer).
+        when a worker stopped (the batches of other partitions are waited for longer);
+        `blocks`: earns that were in flight, each with the origin block of its message — read
+        by block (see _load_by_block), a key whose ledger entry is not there left out of the
+        state (it is looked up alone, if at all).
 
         The batches of every partition that ask within PREFETCH_WINDOW_S share one read: on
         FerretDB each find reads the whole collection whatever its filter (measured: seconds
@@ -317,6 +344,7 @@ class Repositories:
         pending.keys.update(keys)
         pending.kinds.update(kinds if kinds is not None else ("earn", "issue"))
         pending.restart |= restart
+        pending.blocks.update(blocks or {})
         return await asyncio.shield(pending.done)
 
     def _start_prefetch(self, pending: _Prefetch) -> None:
@@ -326,9 +354,10 @@ class Repositories:
         async def run() -> None:
             try:
                 began = time.monotonic()
-                state = await self._load_resume(pending.keys, pending.kinds, restart=pending.restart)
+                state = await self._load_resume(pending.keys, pending.kinds, restart=pending.restart,
+                                                blocks=pending.blocks)
                 pending.done.set_result(state)
-                log.info("resume_loaded", keys=len(state.keys), ledger=len(state.ledger),
+                log.info("resume_loaded", keys=len(state.keys), by_block=len(pending.blocks), ledger=len(state.ledger),
                          outcomes=len(state.outcomes), intents=len(state.intents), earned=len(state.earned),
                          seconds=round(time.monotonic() - began, 3))
             except asyncio.CancelledError:
@@ -341,8 +370,58 @@ class Repositories:
         self._prefetching.add(task := asyncio.ensure_future(run()))
         task.add_done_callback(self._prefetching.discard)
 
-    async def _load_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str], chunk: int = 5000, *,
-                           restart: bool = False) -> ResumeState:
+    async def _load_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str], *, restart: bool = False,
+                           blocks: Mapping[RequestKey, str] | None = None) -> ResumeState:
+        """`keys` by requestId, `blocks` (less the keys also asked by requestId) by block, side
+        by side; one state for both."""
+        asked = set(keys)
+        by_block = {key: block for key, block in (blocks or {}).items() if key not in asked}
+        nothing = ResumeState()
+        by_request, from_blocks = await asyncio.gather(
+            self._load_by_request(asked, kinds, restart=restart) if asked else _ready(nothing),
+            self._load_by_block(by_block) if by_block else _ready(nothing))
+        if not by_block:
+            return by_request
+        if not asked:
+            return from_blocks
+        for name in ("ledger", "outcomes", "earned", "intents", "issues", "revoked_issues"):
+            getattr(by_request, name).update(getattr(from_blocks, name))
+        by_request.keys |= from_blocks.keys
+        by_request.rejected |= from_blocks.rejected
+        return by_request
+
+    async def _load_by_block(self, blocks: Mapping[RequestKey, str]) -> ResumeState:
+        """What the earns of `blocks` wrote, read with one find per collection and block: all
+        that the messages of a block wrote (a few hundred offsets of one partition), kept for
+        the wanted keys. The state holds the keys whose ledger entry is in the block: an entry
+        elsewhere was written by another message (the requestId reused) or before blocks were
+        stored, and the key is left to the per-key reads. On FerretDB an equality filter is
+        evaluated by PostgreSQL, so only the block's documents are decoded (a `requestId: {$in}`
+        over 1,000 keys decoded and compared every document: 6 s in a bench restart)."""
+        names = sorted(set(blocks.values()))
+
+        async def read(collection: AsyncCollection[Doc], projection: Doc | None = None, *,
+                       by_key: bool = True) -> list[Doc]:
+            found = await asyncio.gather(*(collection.find({K.ORIGIN_BLOCK_FIELD: name}, projection).to_list()
+                                           for name in names))
+            return [d for docs in found for d in docs if not by_key or (d.get("orgId"), d.get("requestId")) in blocks]
+
+        ledger, outcomes, earned, intents, rejected = await asyncio.gather(
+            read(self.requests), read(self.outcomes, by_key=False), read(self.earned), read(self.intents),
+            read(self.rejections, {"orgId": 1, "requestId": 1}))
+        state = ResumeState()
+        state.ledger = {(d["orgId"], d["requestId"]): d for d in ledger}
+        state.keys = set(state.ledger)
+        ledger_ids = {d["_id"] for d in ledger}
+        state.outcomes = {d["_id"]: stored_outcome.outcome_of(d) for d in outcomes if d["_id"] in ledger_ids}
+        open_keys = {key for key, d in state.ledger.items() if d["_id"] not in state.outcomes}
+        state.rejected = {key for d in rejected if (key := (d["orgId"], d["requestId"])) in open_keys}
+        for target, stored in ((state.earned, earned), (state.intents, intents)):
+            target.update({key: unpack(d) for d in stored if (key := (d["orgId"], d["requestId"])) in open_keys})
+        return state
+
+    async def _load_by_request(self, keys: set[RequestKey], kinds: Iterable[str], chunk: int = 5000, *,
+                               restart: bool = False) -> ResumeState:
         """The ledger, then the stored outcomes, then the collections a command writes; the
         state keeps what was written only for the keys whose ledger entry has no outcome yet
         (the others are answered from it, and a key with no ledger entry wrote nothing).
@@ -352,7 +431,7 @@ class Repositories:
         after the other, on FerretDB each a scan, they held a restarted worker's first batches
         for 7.6 s (1,500 keys). Otherwise (requestIds reused, Redis lost its cache) they are
         read after, only for the undecided keys, and not at all when there are none."""
-        state = ResumeState(keys=set(keys))
+        state = ResumeState(keys=keys)
         wanted = set(kinds)
         earns = bool(wanted & {"earn", "revokeEarn"})
         issues = bool(wanted & {"issue", "revokeIssue"})
@@ -412,7 +491,8 @@ class Repositories:
         requestId, all in one batched insert; None where another was first."""
         now = time.time()
         docs: list[Doc] = [{"_id": ObjectId(), "orgId": org, "requestId": request_id, "origin": origin,
-                            "type": kind, "createdAt": now} for org, request_id, origin, kind in items]
+                            "type": kind, "createdAt": now, K.ORIGIN_BLOCK_FIELD: origin_block(origin)}
+                           for org, request_id, origin, kind in items]
         entries: list[LedgerEntry | None] = []
         for doc, error in zip(docs, await self.writes.insert_each(self.requests, docs), strict=True):
             if isinstance(error, DuplicateKeyError):
@@ -435,7 +515,8 @@ class Repositories:
         ledger_id = ObjectId()
         try:
             await self.writes.insert(self.requests, {"_id": ledger_id, "orgId": org, "requestId": request_id,
-                                                     "origin": origin, "type": kind, "createdAt": time.time()})
+                                                     "origin": origin, "type": kind, "createdAt": time.time(),
+                                                     K.ORIGIN_BLOCK_FIELD: origin_block(origin)})
             return LedgerEntry(ledger_id, origin, None, new=True)
         except DuplicateKeyError:
             doc = await self.requests.find_one({"orgId": org, "requestId": request_id})
@@ -445,18 +526,20 @@ class Repositories:
             outcome = None if stored is None else stored_outcome.outcome_of(stored)
             return LedgerEntry(doc["_id"], doc["origin"], outcome, new=False)
 
-    async def ledger_store_outcomes(self, items: Iterable[tuple[ObjectId, Doc]]) -> dict[ObjectId, Doc]:
-        """Keep the first outcome of each ledger entry: inserted under the entry's _id (batched
-        inserts are cheap where updates are not, and a second outcome is a duplicate key).
+    async def ledger_store_outcomes(self, items: Iterable[tuple[ObjectId, Doc, str]]) -> dict[ObjectId, Doc]:
+        """Keep the first outcome of each ledger entry (its _id, the outcome, the origin of the
+        message decided): inserted under the entry's _id (batched inserts are cheap where
+        updates are not, and a second outcome is a duplicate key).
 
         Returns the outcomes stored earlier for entries that had one (two runs of the same
         message overlapped: a zombie, a revoked batch): the caller publishes those instead."""
         now = time.time()
         items = list(items)
-        results = await self.writes.insert_each(self.outcomes, [stored_outcome.document(ledger_id, outcome, now)
-                                                                for ledger_id, outcome in items])
+        results = await self.writes.insert_each(self.outcomes, [
+            stored_outcome.document(ledger_id, outcome, now, origin_block(origin))
+            for ledger_id, outcome, origin in items])
         earlier: list[ObjectId] = []
-        for (ledger_id, _), result in zip(items, results, strict=True):
+        for (ledger_id, _, _), result in zip(items, results, strict=True):
             if isinstance(result, DuplicateKeyError):
                 earlier.append(ledger_id)
             elif isinstance(result, BaseException):
@@ -528,7 +611,7 @@ class Repositories:
         now = time.time()
         errors = await self.writes.insert_each(self.rejections, [
             {"_id": i["_id"], "orgId": i["orgId"], "badgeMetaId": i["badgeMetaId"], "requestId": i["requestId"],
-             "at": now} for i in intents])
+             "at": now, **_block_of(i)} for i in intents])
         return [None if isinstance(e, DuplicateKeyError) else e for e in errors]
 
     async def reject_intent(self, intent: Doc) -> None:
@@ -536,7 +619,8 @@ class Repositories:
         with contextlib.suppress(DuplicateKeyError):
             await self.writes.insert(self.rejections, {"_id": intent["_id"], "orgId": intent["orgId"],
                                                        "badgeMetaId": intent["badgeMetaId"],
-                                                       "requestId": intent["requestId"], "at": time.time()})
+                                                       "requestId": intent["requestId"], "at": time.time(),
+                                                       **_block_of(intent)})
 
     async def reopen_intent(self, intent_id: Any) -> None:
         """A redelivered earn is decided again: its intent counts as pending until then."""

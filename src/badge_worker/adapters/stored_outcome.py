@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from badge_worker import constants as K
 from badge_worker.adapters import json_text
 
 Doc = dict[str, Any]
@@ -19,8 +20,9 @@ TEXT = "outcomeJson"
 LEGACY = "outcome"
 
 
-def document(ledger_id: Any, outcome: Doc, decided_at: float) -> Doc:
-    return {"_id": ledger_id, TEXT: json_text.dumps(outcome), "decidedAt": decided_at}
+def document(ledger_id: Any, outcome: Doc, decided_at: float, block: str) -> Doc:
+    """`block`: the origin block of the message decided (constants.ORIGIN_BLOCK_FIELD)."""
+    return {"_id": ledger_id, TEXT: json_text.dumps(outcome), "decidedAt": decided_at, K.ORIGIN_BLOCK_FIELD: block}
 
 
 def outcome_of(doc: Doc) -> Doc:

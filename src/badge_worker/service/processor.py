@@ -18,8 +18,9 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
+from badge_worker import constants as K
 from badge_worker import logs
-from badge_worker.adapters.mongo import LedgerEntry, Repositories, ResumeState, counter_refs
+from badge_worker.adapters.mongo import LedgerEntry, Repositories, ResumeState, counter_refs, origin_block
 from badge_worker.adapters.redis_store import CounterRef, NeedsRebuild, RedisStore, limit_docs
 from badge_worker.adapters.request_cache import RequestCache, RequestClaim
 from badge_worker.domain import events, rules
@@ -135,10 +136,16 @@ class Processor:
         # (`not seen` is "in fresh": a test on the list was O(batch²), 4.6% of the worker's samples)
         unsure = [i for i in asking if claims[i].resuming or claims[i].first_origin is not None
                   or (not claims[i].seen and i not in entries)]
+        # Earns this same message started before a stop are read by the block of their offsets
+        # (one cheap find per collection and block on FerretDB); the rest by requestId.
+        by_block = {i for i in unsure if claims[i].resuming and decoded[i].type is CommandType.EARN}
+        by_request = [i for i in unsure if i not in by_block]
         resume = await self.repos.prefetch_resume(
-            [(decoded[i].orgId, decoded[i].requestId) for i in unsure],  # type: ignore[misc]
-            {decoded[i].type.value for i in unsure},  # type: ignore[union-attr]
-            restart=any(claims[i].resuming for i in unsure)) if unsure else None
+            [(decoded[i].orgId, decoded[i].requestId) for i in by_request],  # type: ignore[misc]
+            {decoded[i].type.value for i in by_request},  # type: ignore[union-attr]
+            restart=any(claims[i].resuming for i in unsure),
+            blocks={(decoded[i].orgId, decoded[i].requestId): origin_block(records[i].origin)  # type: ignore[misc]
+                    for i in by_block}) if unsure else None
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(decoded):
             key = item.entity_key if isinstance(item, Command) else ("undecodable", i)
@@ -260,15 +267,15 @@ class Processor:
                 # the same message was being processed when a worker stopped
                 resume = Resume(self.repos, cmd.orgId, cmd.requestId, state)
             ledger_id = entry.id
-        outcome = await self._execute(cmd, record.now, resume)
+        outcome = await self._execute(cmd, record, resume)
         return Result(record, outcome, ledger=ledger_id)
 
     def _reused(self, record: InputRecord, cmd: Command, first_origin: str) -> Result:
         rejection = reject(ErrorCode.REQUEST_ID_REUSED, firstUsedBy=first_origin)
         return Result(record, envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, rejection))
 
-    async def _execute(self, cmd: Command, now: float, resume: Resume | None) -> Doc:
-        return self._execute_done(cmd, await self._handlers[cmd.type](cmd, now, resume))
+    async def _execute(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Doc:
+        return self._execute_done(cmd, await self._handlers[cmd.type](cmd, record, resume))
 
     @staticmethod
     def _execute_done(cmd: Command, decided: Accepted | Rejection) -> Doc:
@@ -278,7 +285,7 @@ class Processor:
         return events.attach(envelope(cmd.type.value, cmd.orgId, cmd.requestId, decided.data), decided.event)
 
     # ------------------------------------------------------------------ commands
-    async def _claim(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
+    async def _claim(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Accepted | Rejection:
         badge = await self.repos.get_badge(cmd.orgId, cmd.badgeMetaId)  # claims read fresh
         plan = rules.decide_claim(cmd, badge)
         if isinstance(plan, Rejection):
@@ -291,7 +298,8 @@ class Processor:
         return Accepted({"badgeMetaId": cmd.badgeMetaId, "ownerType": plan.owner.ownerType.value,
                          "referenceId": plan.owner.referenceId})
 
-    async def _issue(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
+    async def _issue(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Accepted | Rejection:
+        now = record.now
         assert cmd.requestId is not None and cmd.customerId is not None
         if resume:
             done = await resume.issue()
@@ -321,7 +329,8 @@ class Processor:
                                     expires_on=doc.get("expiresOn"), triggered_by=doc.get("triggeredBy"))
         return Accepted(data, event)
 
-    async def _earn(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
+    async def _earn(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Accepted | Rejection:
+        now = record.now
         assert cmd.requestId is not None and cmd.customerId is not None
         if resume:
             done = await resume.earned()
@@ -339,7 +348,7 @@ class Processor:
                     await self._abandon_earn(cmd, intent)
             return plan
         assert badge is not None
-        body = _earn_body(cmd, badge, plan, now)
+        body = _earn_body(cmd, badge, plan, now, record.origin)
         counts: tuple[int, ...] = ()
         if plan.checks:  # an earn with no limit takes nothing: no intent needed
             intent = (await resume.intent() if resume else None) or \
@@ -415,7 +424,7 @@ class Processor:
                     done[n] = envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, plan)
                     continue
                 assert badge is not None
-                body = _earn_body(cmd, badge, plan, record.now)
+                body = _earn_body(cmd, badge, plan, record.now, record.origin)
             except Exception:
                 again.append(n)
                 continue
@@ -601,7 +610,8 @@ class Processor:
                                     constraints=doc.get("earnConstraints") or [])
         return Accepted(data, event)
 
-    async def _revoke_issue(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
+    async def _revoke_issue(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Accepted | Rejection:
+        now = record.now
         assert cmd.requestId is not None and cmd.customerId is not None
         if resume:
             done = await resume.revoked_issue_ids()
@@ -624,13 +634,14 @@ class Processor:
                                            badge_id=cmd.badgeMetaId, issual_ids=issued_ids)
         return Accepted(data, event)
 
-    async def _revoke_earn(self, cmd: Command, now: float, resume: Resume | None) -> Accepted | Rejection:
+    async def _revoke_earn(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Accepted | Rejection:
+        now = record.now
         assert cmd.requestId is not None and cmd.earnedBadgeId is not None and cmd.customerId is not None
         badge = await self.badges.get(cmd.orgId, cmd.badgeMetaId)
         found = await self.repos.get_earned(cmd.orgId, cmd.earnedBadgeId)
-        record, doc = found if found is not None else (None, None)
+        earned, doc = found if found is not None else (None, None)
         if not (resume and doc is not None and doc.get("revokedBy") == cmd.requestId):
-            plan = rules.decide_revoke_earn(cmd, badge, record)
+            plan = rules.decide_revoke_earn(cmd, badge, earned)
             if isinstance(plan, Rejection):
                 return plan
             assert doc is not None
@@ -676,8 +687,9 @@ def _raise_infra(outcomes: Sequence[object]) -> None:
             raise outcome
 
 
-def _earn_body(cmd: Command, badge: BadgeDefinition, plan: rules.EarnPlan, now: float) -> Doc:
-    """The earned badge an earn is about to write (its intent first, when it takes limits)."""
+def _earn_body(cmd: Command, badge: BadgeDefinition, plan: rules.EarnPlan, now: float, origin: str) -> Doc:
+    """The earned badge an earn is about to write (its intent first, when it takes limits);
+    `origin`: its message's, whose block a restart reads it by."""
     return {
         "_id": ObjectId(), "customerId": cmd.customerId, "badgeMetaId": cmd.badgeMetaId,
         "badgeGroupId": badge.badgeGroupId, "eventDate": plan.event_ts, "earnedOn": now,
@@ -685,6 +697,7 @@ def _earn_body(cmd: Command, badge: BadgeDefinition, plan: rules.EarnPlan, now: 
         # objects, not pairs: FerretDB does not store nested arrays
         # each counter once, with when it stops mattering (docs/counters.md)
         "limits": limit_docs(plan.checks),
+        K.ORIGIN_BLOCK_FIELD: origin_block(origin),
     }
 
 

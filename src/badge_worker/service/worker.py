@@ -400,7 +400,7 @@ class Worker:
             decided = [r for r in results if r.ledger is not None and not r.replayed and r.code != 500]
             # MongoDB keeps the first outcome; if another run of a message stored one first,
             # that one is published (and cached), so every copy says the same.
-            stored = await self.repos.ledger_store_outcomes((r.ledger, r.outcome) for r in decided)
+            stored = await self.repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in decided)
             for r in decided:
                 if r.ledger in stored:
                     r.outcome = stored[r.ledger]
