@@ -186,7 +186,7 @@ async def test_a_restart_reads_each_collection_once_for_the_whole_batch(
     assert {r.code for r in first} == {200, 830}
     assert [r.outcome for r in again] == [r.outcome for r in first]  # the same answers, stored or redone
     collections = ("requests", "outcomes", "earned_badges", "earn_intents", "earn_rejections")
-    assert {c: finds.blocks.get(c) for c in collections} == dict.fromkeys(collections, ["t.earns/0/0"])
+    assert {c: finds.blocks.get(c) for c in collections} == {c: ["t.earns/0/0"] for c in collections}
     assert not any(finds.asked.values()) and not set(finds.count) & set(collections), (finds.asked, finds.count)
     assert [r.replayed for r in again[:30]] == [True] * 30  # answered from the stored outcome
     assert not any(r.replayed for r in again[30:])  # redone: their state had no outcome

@@ -110,7 +110,9 @@ def origin_block(origin: str) -> str:
     """The block of offsets of `origin` ("topic/partition/offset"), stored with what an earn
     writes (constants.ORIGIN_BLOCK_FIELD); an origin of another form is its own block."""
     head, _, offset = origin.rpartition("/")
-    return f"{head}/{int(offset) // K.ORIGIN_BLOCK_OFFSETS}" if head and offset.isascii() and offset.isdigit() else origin
+    if not (head and offset.isascii() and offset.isdigit() and len(offset) <= 20):  # Kafka offsets: int64
+        return origin
+    return f"{head}/{int(offset) // K.ORIGIN_BLOCK_OFFSETS}"
 
 
 @dataclass
