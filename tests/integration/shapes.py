@@ -52,10 +52,14 @@ def _fields(flt: dict[str, Any]) -> tuple[str, ...]:
 
 
 async def indexes_of(repos: Repositories) -> dict[str, list[tuple[str, ...]]]:
+    """The indexes on the server, and those `index_models` declares for MongoDB (FerretDB v1
+    gets only the unique ones: its finds use none)."""
     found: dict[str, list[tuple[str, ...]]] = {}
     for name in await repos.db.list_collection_names():
         async for ix in await repos.db[name].list_indexes():
             found.setdefault(name, []).append(tuple(ix["key"].keys()))
+    for collection, models in repos.index_models().items():
+        found.setdefault(collection.name, []).extend(tuple(m.document["key"].keys()) for m in models)
     return found
 
 

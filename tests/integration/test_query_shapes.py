@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis
 
 from badge_worker import constants as K
-from badge_worker.adapters.mongo import Repositories
+from badge_worker.adapters.mongo import Repositories, ignores_indexes
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.domain.commands import Stream
@@ -215,3 +215,19 @@ async def test_reused_request_ids_read_only_the_ledger_and_outcomes(
     assert [r.code for r in reused] == [809] * 20
     assert finds.asked.get("requests") == {f"u{i}" for i in range(20)}
     assert not {"earned_badges", "earn_intents", "earn_rejections"} & set(finds.count), finds.count
+
+
+async def test_on_ferretdb_v1_only_the_unique_indexes_are_created(mongo: Repositories) -> None:
+    """FerretDB v1 serves no find from an index, so ensure_indexes leaves out the others there
+    (each would cost every insert); MongoDB gets every index of index_models()."""
+    info = await mongo.db.client.admin.command("buildInfo")
+    # (a collection nothing was written to yet lists no index, not even _id's)
+    created = {c.name: {"_id_"} | {ix["name"] async for ix in await c.list_indexes()} for c in mongo.index_models()}
+    declared = {c.name: {m.document["name"] for m in models} for c, models in mongo.index_models().items()}
+    unique = {c.name: {m.document["name"] for m in models if m.document.get("unique")}
+              for c, models in mongo.index_models().items()}
+    if ignores_indexes(info):
+        assert created == {name: {"_id_"} | unique[name] for name in declared}, created
+        assert unique["earned_badges"] == {"org_request"} and "origin_block" in declared["earned_badges"]
+    else:
+        assert created == {name: {"_id_"} | declared[name] for name in declared}, created

@@ -1,4 +1,5 @@
-"""The origin block a restart reads an earn's documents by (adapters/mongo.py)."""
+"""The origin block a restart reads an earn's documents by, and which stores get only the unique
+indexes (adapters/mongo.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from badge_worker import constants as K
-from badge_worker.adapters.mongo import origin_block
+from badge_worker.adapters.mongo import ignores_indexes, origin_block
 
 topics = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20)
 offsets = st.integers(min_value=0, max_value=2**63 - 1)
@@ -34,3 +35,11 @@ def test_the_block_names_the_partition_and_the_run() -> None:
 def test_an_origin_of_another_form_is_its_own_block() -> None:
     for origin in ("", "no-slashes", "t/3/", "t/3/-1", "t/3/x1", "/5", "t/3/\u00b2", "t/3/" + "9" * 5000):
         assert origin_block(origin) == origin
+
+
+def test_only_ferretdb_v1_is_taken_for_a_store_that_ignores_indexes() -> None:
+    assert ignores_indexes({"version": "7.0.42", "ferretdbVersion": "v1.24.2"})
+    assert ignores_indexes({"ferretdbVersion": "1.0.0"})
+    assert not ignores_indexes({"version": "7.0.42", "ferretdbVersion": "v2.1.0"})  # DocumentDB: real indexes
+    assert not ignores_indexes({"version": "8.0.4"})  # MongoDB
+    assert not ignores_indexes({"ferretdbVersion": None})

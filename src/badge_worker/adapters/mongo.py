@@ -100,6 +100,12 @@ def definition(doc: Doc, claims: list[Doc]) -> BadgeDefinition:
 RequestKey = tuple[int, str]  # (orgId, requestId)
 
 
+def ignores_indexes(build_info: Doc) -> bool:
+    """Whether the server (its buildInfo) is FerretDB v1, whose finds use no index."""
+    version = build_info.get("ferretdbVersion")
+    return isinstance(version, str) and version.lstrip("v").startswith("1.")
+
+
 def _block_of(doc: Doc) -> Doc:
     """The origin block field of `doc`, to copy (none on documents stored before blocks)."""
     block = doc.get(K.ORIGIN_BLOCK_FIELD)
@@ -172,7 +178,9 @@ class Repositories:
         self._prefetch: _Prefetch | None = None
         self._prefetching: set[asyncio.Future[None]] = set()
 
-    async def ensure_indexes(self) -> None:
+    def index_models(self) -> dict[AsyncCollection[Doc], list[IndexModel]]:
+        """Every index the worker's and the read API's queries need on MongoDB (each query
+        shape is checked against these: tests/integration/test_query_shapes.py)."""
         org_request = IndexModel([("orgId", ASCENDING), ("requestId", ASCENDING)], unique=True, name="org_request")
         org_customer_badge = IndexModel([("orgId", ASCENDING), ("customerId", ASCENDING),
                                          ("badgeMetaId", ASCENDING)], name="org_customer_badge")
@@ -182,7 +190,7 @@ class Repositories:
         # a restart's read of what the earns in flight wrote (_load_by_block); sparse: documents
         # stored before blocks, and issues, have none
         origin = IndexModel([(K.ORIGIN_BLOCK_FIELD, ASCENDING)], name="origin_block", sparse=True)
-        wanted = {
+        return {
             self.requests: [org_request, origin],
             self.outcomes: [origin],
             self.issues: [org_request, org_customer_badge,
@@ -207,12 +215,20 @@ class Repositories:
             self.claims: [IndexModel([("orgId", ASCENDING), ("badgeMetaId", ASCENDING), ("order", ASCENDING)],
                                      name="org_badge_order")],
         }
+
+    async def ensure_indexes(self) -> None:
+        """Create the missing indexes of index_models(). On FerretDB v1 only the unique ones,
+        for their constraint: it serves no find from an index (each find is a scan, measured
+        by `_id` too) but keeps every index up to date on each insert."""
+        scans_anyway = ignores_indexes(await self.db.client.admin.command("buildInfo"))
         # Only the missing ones, one per call: FerretDB 1.24 drops the connection (a panic) when
         # one createIndexes names several existing indexes, and index creation next to other
         # writers is where it deadlocks; a restarted worker then creates nothing.
-        for collection, models in wanted.items():
+        for collection, models in self.index_models().items():
             existing = {ix["name"] async for ix in await collection.list_indexes()}
             for model in models:
+                if scans_anyway and not model.document.get("unique"):
+                    continue
                 if model.document["name"] not in existing:
                     await collection.create_indexes([model])
 
