@@ -21,7 +21,7 @@ json_values = st.recursive(
 
 @given(st.dictionaries(st.text(), json_values, max_size=6))
 def test_what_is_stored_reads_back_the_same(outcome: dict[str, Any]) -> None:
-    doc = stored_outcome.document(ObjectId(), outcome, 1.5)
+    doc = stored_outcome.document(ObjectId(), outcome, 1.5, "t/0/0")
     assert isinstance(doc[stored_outcome.TEXT], str)  # one string field: no nested document
     assert stored_outcome.outcome_of(BSON.decode(BSON.encode(doc))) == outcome
 
@@ -29,7 +29,7 @@ def test_what_is_stored_reads_back_the_same(outcome: dict[str, Any]) -> None:
 @pytest.mark.parametrize("value", ["lone \ud800 surrogate", 2**70])
 def test_what_orjson_refuses_is_stored_by_the_stdlib(value: Any) -> None:
     outcome = {"requestId": "r1", "data": {"v": value}}
-    doc = stored_outcome.document(ObjectId(), outcome, 1.5)
+    doc = stored_outcome.document(ObjectId(), outcome, 1.5, "t/0/0")
     BSON.encode(doc)  # the text is storable: the surrogate is escaped, the integer written out
     assert stored_outcome.outcome_of(doc) == outcome
 
