@@ -106,10 +106,14 @@ def ignores_indexes(build_info: Doc) -> bool:
     return isinstance(version, str) and version.lstrip("v").startswith("1.")
 
 
-def _block_of(doc: Doc) -> Doc:
-    """The origin block field of `doc`, to copy (none on documents stored before blocks)."""
-    block = doc.get(K.ORIGIN_BLOCK_FIELD)
-    return {} if block is None else {K.ORIGIN_BLOCK_FIELD: block}
+def _rejection(intent: Doc, at: float) -> Doc:
+    """The rejection marker of an intent: its _id, and its origin block if it has one (none on
+    intents stored before blocks)."""
+    doc = {"_id": intent["_id"], "orgId": intent["orgId"], "badgeMetaId": intent["badgeMetaId"],
+           "requestId": intent["requestId"], "at": at}
+    if intent.get(K.ORIGIN_BLOCK_FIELD) is not None:
+        doc[K.ORIGIN_BLOCK_FIELD] = intent[K.ORIGIN_BLOCK_FIELD]
+    return doc
 
 
 def origin_block(origin: str) -> str:
@@ -627,18 +631,13 @@ class Repositories:
         """reject_intent() for many intents in one batched insert: each one's error, or None
         (a marker that is there already counts as written)."""
         now = time.time()
-        errors = await self.writes.insert_each(self.rejections, [
-            {"_id": i["_id"], "orgId": i["orgId"], "badgeMetaId": i["badgeMetaId"], "requestId": i["requestId"],
-             "at": now, **_block_of(i)} for i in intents])
+        errors = await self.writes.insert_each(self.rejections, [_rejection(i, now) for i in intents])
         return [None if isinstance(e, DuplicateKeyError) else e for e in errors]
 
     async def reject_intent(self, intent: Doc) -> None:
         """Mark the intent refused (idempotent: the marker's _id is the intent's)."""
         with contextlib.suppress(DuplicateKeyError):
-            await self.writes.insert(self.rejections, {"_id": intent["_id"], "orgId": intent["orgId"],
-                                                       "badgeMetaId": intent["badgeMetaId"],
-                                                       "requestId": intent["requestId"], "at": time.time(),
-                                                       **_block_of(intent)})
+            await self.writes.insert(self.rejections, _rejection(intent, time.time()))
 
     async def reopen_intent(self, intent_id: Any) -> None:
         """A redelivered earn is decided again: its intent counts as pending until then."""
