@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis
 
 from badge_worker import constants as K
-from badge_worker.adapters.mongo import Repositories, ignores_indexes
+from badge_worker.adapters.mongo import EQUALITY_FINDS_MAX, Repositories, ignores_indexes
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.domain.commands import Stream
@@ -231,3 +231,80 @@ async def test_on_ferretdb_v1_only_the_unique_indexes_are_created(mongo: Reposit
         assert unique["earned_badges"] == {"org_request"} and "origin_block" in declared["earned_badges"]
     else:
         assert created == {name: {"_id_"} | declared[name] for name in declared}, created
+
+
+class Filters(monitoring.CommandListener):
+    """The filter of every find, per collection."""
+
+    def __init__(self) -> None:
+        self.finds: dict[str, list[dict[str, Any]]] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.setdefault(str(event.command["find"]), []).append(dict(event.command.get("filter") or {}))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def test_where_every_find_scans_a_few_keys_are_read_by_equality_and_give_the_same_state(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    """FerretDB v1 filters an equality in PostgreSQL but decodes every document for an `$in`:
+    there, up to EQUALITY_FINDS_MAX keys are read with one equality find each (per collection),
+    more with one `$in`. Both give the state the `$in` read gives (the store's kind is set by
+    hand, so MongoDB runs the same finds)."""
+    await load(mongo, live_badge("eq-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}]),
+        live_badge("eq-i", earnType="ISSUE_EARN", issuedBadgeExpiry={"expiryType": "NEVER"}))
+    assert mongo.scans_every_find == ignores_indexes(await mongo.db.client.admin.command("buildInfo"))
+    processor = Processor(mongo, RedisStore(redis_client, settings.redis_key_prefix),
+                          RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
+    bodies: list[dict[str, Any]] = []
+    for c in range(25):  # customers earn twice (the second refused) and are issued a badge
+        bodies += [{"orgId": ORG, "requestId": f"q{c}a", "badgeMetaId": "eq-b", "customerId": 800 + c},
+                   {"orgId": ORG, "requestId": f"q{c}b", "badgeMetaId": "eq-b", "customerId": 800 + c},
+                   {"type": "issue", "orgId": ORG, "requestId": f"q{c}i", "badgeMetaId": "eq-i", "customerId": 800 + c}]
+    first = await processor.process_batch([record(i, b) for i, b in enumerate(bodies)])
+    revokes = [{"type": "revokeIssue", "orgId": ORG, "requestId": f"q{c}r", "badgeMetaId": "eq-i",
+                "customerId": 800 + c} for c in range(3)]
+    await processor.process_batch([record(100 + i, b) for i, b in enumerate(revokes)])
+    assert {r.code for r in first} == {200, 830}
+    await mongo.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first[:20]
+                                      if r.ledger is not None)
+    filters = Filters()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[filters])
+    try:
+        by_in = Repositories(client[settings.mongodb_database])
+        by_equality = Repositories(client[settings.mongodb_database])
+        by_equality.scans_every_find = True
+        every = [(ORG, b["requestId"]) for b in bodies + revokes]
+        few = every[16:26] + every[-3:]  # earns with and without outcomes, issues, revokes
+        many = every[:EQUALITY_FINDS_MAX + 8]
+        for keys in (few, many):
+            filters.finds.clear()
+            expected = await by_in.prefetch_resume(keys, ["earn", "issue"], restart=True)
+            in_finds = dict(filters.finds)
+            filters.finds.clear()
+            state = await by_equality.prefetch_resume(keys, ["earn", "issue"], restart=True)
+            assert comparable(state) == comparable(expected), keys
+            if keys is few:
+                assert state.ledger and state.outcomes and state.earned and state.intents and state.rejected
+                assert state.issues and state.revoked_issues
+            read = filters.finds
+            assert all(any("$in" in str(v) for v in f.values()) for fs in in_finds.values() for f in fs), in_finds
+            by_value = [f for fs in read.values() for f in fs if not any("$in" in str(v) for v in f.values())]
+            if keys is few:
+                assert len(read["requests"]) == len(few) and by_value == [f for fs in read.values() for f in fs]
+                assert len(read["outcomes"]) == len(state.ledger), read["outcomes"]
+            else:
+                assert by_value == [] and len(read["requests"]) == 1, read
+    finally:
+        await client.close()
+
+
+def comparable(state: Any) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in ("keys", "ledger", "outcomes", "earned", "intents", "rejected",
+                                                    "issues", "revoked_issues")}
