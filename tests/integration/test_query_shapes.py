@@ -192,10 +192,12 @@ async def test_a_restart_reads_each_collection_once_for_the_whole_batch(
     assert not any(r.replayed for r in again[30:])  # redone: their state had no outcome
 
 
-async def test_reused_request_ids_read_only_the_ledger_and_outcomes(
+async def test_reused_request_ids_read_only_the_ledger(
         settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
-    """Other messages reusing the requestIds of 20 decided earns (no restart): the worker
-    confirms each reuse in the ledger, and reads none of the per-command collections."""
+    """Other messages reusing the requestIds of 20 earns (no restart), 10 of them decided (an
+    outcome stored) and 10 not (their worker stopped before storing it): the worker confirms
+    each reuse in the ledger, and reads neither the outcomes nor the per-command collections
+    (the first user's state does not change a reuse's answer, 809)."""
     await load(mongo, live_badge("reuse-b"))
     finds = Finds()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
@@ -204,7 +206,7 @@ async def test_reused_request_ids_read_only_the_ledger_and_outcomes(
         bodies = [{"orgId": ORG, "requestId": f"u{i}", "badgeMetaId": "reuse-b", "customerId": 2000 + i}
                   for i in range(20)]
         first = await processor.process_batch([record(i, b) for i, b in enumerate(bodies)])
-        await processor.repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first
+        await processor.repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first[:10]
                                                     if r.ledger is not None)
         finds.asked.clear()
         finds.count.clear()
@@ -214,7 +216,38 @@ async def test_reused_request_ids_read_only_the_ledger_and_outcomes(
     assert [r.code for r in first] == [200] * 20
     assert [r.code for r in reused] == [809] * 20
     assert finds.asked.get("requests") == {f"u{i}" for i in range(20)}
-    assert not {"earned_badges", "earn_intents", "earn_rejections"} & set(finds.count), finds.count
+    assert set(finds.count) == {"requests"}, finds.count
+
+
+async def test_a_cache_naming_another_first_user_is_checked_against_the_ledger_and_resumed(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    """Redis names another message as the first user of 12 requestIds (restored from an
+    older copy, say), but the ledger says it was this message, stopped before its outcomes
+    were stored: the ledger wins, what the earns wrote is read, and the earns resume with the
+    answers they had (no second earned badge), the cache put right."""
+    await load(mongo, live_badge("own-b", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}]))
+    store = RedisStore(redis_client, settings.redis_key_prefix)
+    cache = RequestCache(redis_client, settings.redis_key_prefix)
+    batch = [record(i, {"orgId": ORG, "requestId": f"w{i}", "badgeMetaId": "own-b", "customerId": 3000 + i % 6})
+             for i in range(12)]
+    first = await Processor(mongo, store, cache, badge_cache_ttl=60).process_batch(batch)
+    for i in range(12):
+        await redis_client.set(cache.request_key(ORG, f"w{i}"), "t.earns/0/999")
+    finds = Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
+    try:
+        again = await monitored_processor(client, settings, redis_client).process_batch(batch)
+    finally:
+        await client.close()
+    assert sorted({r.code for r in first}) == [200, 830]
+    assert [r.outcome for r in again] == [r.outcome for r in first]
+    assert await mongo.earned.count_documents({"orgId": ORG, "badgeMetaId": "own-b"}) == 6
+    # one read of each collection for the 12 (a Resume that knew nothing would read per earn)
+    assert {c: finds.count[c] for c in ("requests", "outcomes", "earned_badges", "earn_intents")} == {
+        "requests": 1, "outcomes": 1, "earned_badges": 1, "earn_intents": 1}, finds.count
+    assert {await redis_client.get(cache.request_key(ORG, f"w{i}")) for i in range(12)} == {
+        r.origin.encode() for r in batch}
 
 
 async def test_on_ferretdb_v1_only_the_unique_indexes_are_created(mongo: Repositories) -> None:

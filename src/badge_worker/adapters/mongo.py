@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,8 @@ class _Prefetch:
     kinds: set[str] = field(default_factory=set)
     restart: bool = False  # some keys were in flight when a worker stopped
     blocks: dict[RequestKey, str] = field(default_factory=dict)  # earns in flight: read by block
+    origins: dict[RequestKey, set[str]] = field(default_factory=dict)  # the messages asking for each key
+    any_origin: set[RequestKey] = field(default_factory=set)  # keys asked for without their message's origin
 
 
 @dataclass(frozen=True)
@@ -365,14 +367,17 @@ class Repositories:
 
     # ---- the requestId ledger
     async def prefetch_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str] | None = None, *,
-                              restart: bool = False, blocks: Mapping[RequestKey, str] | None = None
-                              ) -> ResumeState:
+                              restart: bool = False, blocks: Mapping[RequestKey, str] | None = None,
+                              origins: Iterable[tuple[RequestKey, str]] | None = None) -> ResumeState:
         """What MongoDB holds for `keys` (see ResumeState); `kinds`: the command types among
         them, so that only the collections they write are read; `restart`: some were in flight
         when a worker stopped (the batches of other partitions are waited for longer);
         `blocks`: earns that were in flight, each with the origin block of its message — read
         by block (see _load_by_block), a key whose ledger entry is not there left out of the
-        state (it is looked up alone, if at all).
+        state (it is looked up alone, if at all); `origins`: (key, origin) of the messages
+        asking, so that for a key whose ledger entry is another message's (its requestId
+        reused: the asker's answer is 809) only the ledger is read. Without them every entry
+        is taken as possibly the asker's own.
 
         The batches of every partition that ask within PREFETCH_WINDOW_S share one read: on
         FerretDB each find reads the whole collection whatever its filter (measured: seconds
@@ -383,10 +388,16 @@ class Repositories:
             pending = self._prefetch = _Prefetch(asyncio.get_running_loop().create_future())
             window = self.restart_window if restart else self.prefetch_window
             asyncio.get_running_loop().call_later(window, self._start_prefetch, pending)
+        keys = list(keys)
         pending.keys.update(keys)
         pending.kinds.update(kinds if kinds is not None else ("earn", "issue"))
         pending.restart |= restart
         pending.blocks.update(blocks or {})
+        if origins is None:
+            pending.any_origin.update(keys)
+        else:
+            for key, origin in origins:
+                pending.origins.setdefault(key, set()).add(origin)
         return await asyncio.shield(pending.done)
 
     def _start_prefetch(self, pending: _Prefetch) -> None:
@@ -396,8 +407,9 @@ class Repositories:
         async def run() -> None:
             try:
                 began = time.monotonic()
+                owners = {key: found for key, found in pending.origins.items() if key not in pending.any_origin}
                 state = await self._load_resume(pending.keys, pending.kinds, restart=pending.restart,
-                                                blocks=pending.blocks)
+                                                blocks=pending.blocks, owners=owners)
                 pending.done.set_result(state)
                 log.info("resume_loaded", keys=len(state.keys), by_block=len(pending.blocks), ledger=len(state.ledger),
                          outcomes=len(state.outcomes), intents=len(state.intents), earned=len(state.earned),
@@ -413,14 +425,16 @@ class Repositories:
         task.add_done_callback(self._prefetching.discard)
 
     async def _load_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str], *, restart: bool = False,
-                           blocks: Mapping[RequestKey, str] | None = None) -> ResumeState:
+                           blocks: Mapping[RequestKey, str] | None = None,
+                           owners: Mapping[RequestKey, Collection[str]] | None = None) -> ResumeState:
         """`keys` by requestId, `blocks` (less the keys also asked by requestId) by block, side
-        by side; one state for both."""
+        by side; one state for both. `owners`: the origins asking for a key (see
+        _load_by_request)."""
         asked = set(keys)
         by_block = {key: block for key, block in (blocks or {}).items() if key not in asked}
         nothing = ResumeState()
         by_request, from_blocks = await asyncio.gather(
-            self._load_by_request(asked, kinds, restart=restart) if asked else _ready(nothing),
+            self._load_by_request(asked, kinds, restart=restart, owners=owners) if asked else _ready(nothing),
             self._load_by_block(by_block) if by_block else _ready(nothing))
         if not by_block:
             return by_request
@@ -463,16 +477,19 @@ class Repositories:
         return state
 
     async def _load_by_request(self, keys: set[RequestKey], kinds: Iterable[str], chunk: int = 5000, *,
-                               restart: bool = False) -> ResumeState:
-        """The ledger, then the stored outcomes, then the collections a command writes; the
-        state keeps what was written only for the keys whose ledger entry has no outcome yet
-        (the others are answered from it, and a key with no ledger entry wrote nothing).
+                               restart: bool = False, owners: Mapping[RequestKey, Collection[str]] | None = None
+                               ) -> ResumeState:
+        """The ledger, then the stored outcomes, then the collections a command writes, each
+        only for the keys that need it: outcomes for the keys whose ledger entry is the asker's
+        own (`owners`: the origins asking for each key; a key not in it is taken as own), and
+        what was written for the own keys with no outcome yet (the others are answered from it,
+        and a key with no ledger entry wrote nothing). A requestId reused by another message
+        costs the ledger alone: its answer is 809 whatever the first user's state.
 
-        After a restart (`restart`: some keys were in flight) most keys are undecided, and
-        the written collections are read beside the ledger and outcomes, for every key: one
-        after the other, on FerretDB each a scan, they held a restarted worker's first batches
-        for 7.6 s (1,500 keys). Otherwise (requestIds reused, Redis lost its cache) they are
-        read after, only for the undecided keys, and not at all when there are none."""
+        After a restart (`restart`: some keys were in flight) most own keys are undecided, so
+        the written collections are read beside the outcomes, not after them. Otherwise
+        (requestIds reused, Redis lost its cache) they are read after, only for the undecided
+        keys, and not at all when there are none."""
         state = ResumeState(keys=keys)
         wanted = set(kinds)
         earns = bool(wanted & {"earn", "revokeEarn"})
@@ -485,17 +502,20 @@ class Repositories:
             return [(org, ids[start:start + chunk]) for org, ids in grouped.items()
                     for start in range(0, len(ids), chunk)]
 
-        async def ledger_then_outcomes() -> None:
-            for org, ids in by_org(state.keys):
-                state.ledger.update({(org, d["requestId"]): d for d in
-                                     await self.find_in(self.requests, {"orgId": org}, "requestId", ids)})
-            ledger_ids = [d["_id"] for d in state.ledger.values()]
+        for org, ids in by_org(state.keys):
+            state.ledger.update({(org, d["requestId"]): d for d in
+                                 await self.find_in(self.requests, {"orgId": org}, "requestId", ids)})
+        own = {key: d for key, d in state.ledger.items()
+               if owners is None or key not in owners or d["origin"] in owners[key]}
+
+        async def outcomes() -> None:
+            ledger_ids = [d["_id"] for d in own.values()]
             for start in range(0, len(ledger_ids), chunk):
                 state.outcomes.update({d["_id"]: stored_outcome.outcome_of(d) for d in
                                        await self.find_in(self.outcomes, {}, "_id", ledger_ids[start:start + chunk])})
 
         def undecided() -> set[RequestKey]:
-            return {key for key, d in state.ledger.items() if d["_id"] not in state.outcomes}
+            return {key for key, d in own.items() if d["_id"] not in state.outcomes}
 
         async def nothing() -> list[Doc]:
             return []
@@ -511,10 +531,10 @@ class Repositories:
                 if issues else nothing()))
 
         if restart:
-            groups = by_org(state.keys)
-            found = (await asyncio.gather(ledger_then_outcomes(), *(written(org, ids) for org, ids in groups)))[1:]
+            groups = by_org(own)
+            found = (await asyncio.gather(outcomes(), *(written(org, ids) for org, ids in groups)))[1:]
         else:
-            await ledger_then_outcomes()
+            await outcomes()
             groups = by_org(undecided())
             found = [await written(org, ids) for org, ids in groups]
         open_keys = undecided()

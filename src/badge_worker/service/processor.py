@@ -137,7 +137,9 @@ class Processor:
         unsure = [i for i in asking if claims[i].resuming or claims[i].first_origin is not None
                   or (not claims[i].seen and i not in entries)]
         # Earns this same message started before a stop are read by the block of their offsets
-        # (one cheap find per collection and block on FerretDB); the rest by requestId.
+        # (one cheap find per collection and block on FerretDB); the rest by requestId. Each
+        # asker's origin goes along: a requestId whose ledger entry is another message's (a reuse:
+        # 809) costs the ledger alone.
         by_block = {i for i in unsure if claims[i].resuming and decoded[i].type is CommandType.EARN}
         by_request = [i for i in unsure if i not in by_block]
         resume = await self.repos.prefetch_resume(
@@ -145,7 +147,9 @@ class Processor:
             {decoded[i].type.value for i in by_request},  # type: ignore[union-attr]
             restart=any(claims[i].resuming for i in unsure),
             blocks={(decoded[i].orgId, decoded[i].requestId): origin_block(records[i].origin)  # type: ignore[misc]
-                    for i in by_block}) if unsure else None
+                    for i in by_block},
+            origins=[((decoded[i].orgId, decoded[i].requestId), records[i].origin)  # type: ignore[misc]
+                     for i in unsure]) if unsure else None
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(decoded):
             key = item.entity_key if isinstance(item, Command) else ("undecodable", i)
