@@ -190,7 +190,8 @@ def _badge(org: int, badge_id: str, t0: float, *, weekly: bool) -> Any:
 async def exercise_every_script(store: redis_store.RedisStore, org: int, badge_id: str) -> dict[str, Any]:
     """Rebuild (several clear and load rounds), reserve (NEW, DUP, FULL, a provisional earn
     whose reservation lists a counter the call does not name, in a pipeline too), release
-    (naming nothing, so the reservation's counters come back as KEYS), the cold lock with a
+    (naming nothing, so the reservation's counters come back as KEYS), the release of a
+    restored provisional reservation (KEYS too), the cold lock with a
     refresh, and a collection of keys whose time has come. Returns what it saw."""
     import time
 
@@ -207,6 +208,7 @@ async def exercise_every_script(store: redis_store.RedisStore, org: int, badge_i
     held = [HeldEarn(f"done{n}", t0 + n, refs(before, n, t0 + n), confirmed=True, earned_on=time.time())
             for n in range(5)]
     held.append(HeldEarn("pending", t0 + 10, refs(before, 9, t0 + 10), confirmed=False))
+    held.append(HeldEarn("refused", t0 + 11, refs(before, 8, t0 + 11), confirmed=False))
     seen: dict[str, Any] = {"rebuild": await store.rebuild(org, badge_id, held)}
     assert seen["rebuild"].chunks > 1, "expected several load calls"
     seen["pending"] = await store.reserve(org, badge_id, "pending", t0 + 10, limit_checks(badge, 9, t0 + 10))
@@ -220,6 +222,9 @@ async def exercise_every_script(store: redis_store.RedisStore, org: int, badge_i
     seen["release"] = await store.release(org, badge_id, "new0")
     seen["release_again"] = await store.release(org, badge_id, "new0")
     seen["release_stored"] = await store.release(org, badge_id, "done1", refs(before, 1, t0 + 1))
+    # a provisional earn refused before the rebuild: its reservation's counters come back as KEYS
+    seen["restored"] = await store.release_restored(org, badge_id, "refused")
+    seen["restored_again"] = await store.release_restored(org, badge_id, "refused")
     async with store.cold_lock(org, badge_id) as token:
         await asyncio.sleep(0.5)  # the lock is refreshed meanwhile (lock_ttl_ms / 3)
         seen["cold"] = (await store.reserve(org, badge_id, "cold", t0 + 40, limit_checks(badge, 300, t0 + 40),

@@ -29,6 +29,7 @@ async def test_every_script_touches_only_declared_keys(redis_client: Redis, sett
     assert seen["new"] == ["OK", "OK", "FULL"] and seen["dup"] == "DUP"
     assert seen["many"] == ["OK"] * 6
     assert (seen["release"], seen["release_again"], seen["release_stored"]) == ("RELEASED", "DONE", "RELEASED")
+    assert (seen["restored"], seen["restored_again"]) == ("RELEASED", "NONE")
     assert seen["cold"] == "OK" and seen["forced"]
     assert (seen["old_window_before"], seen["old_window_after"]) == (1, 0), "the collection deleted nothing"
     # the calls a KEYS reply sent back were made again with more keys declared
@@ -36,6 +37,8 @@ async def test_every_script_touches_only_declared_keys(redis_client: Redis, sett
     assert len(pending) == 2 and len(pending[1].declared) > len(pending[0].declared)
     released = [c for c in audit.calls if script_name(c.sha) == "release" and c.declared[1].endswith(":new0")]
     assert len(released) >= 2 and len(released[1].declared) > len(released[0].declared)
+    restored = [c for c in audit.calls if script_name(c.sha) == "release_restored"]
+    assert len(restored) == 3 and len(restored[1].declared) > len(restored[0].declared)
     assert audit.scripts_run() == every_script(), "a script the scenario never ran"
     assert audit.undeclared() == []
     # and the audit does see an undeclared key: an ad-hoc script reading one

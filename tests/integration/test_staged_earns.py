@@ -19,6 +19,7 @@ from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.domain import events
 from badge_worker.domain.commands import Command, Stream, decode
 from badge_worker.errors import InfrastructureUnavailable
+from badge_worker.service import counters
 from badge_worker.service.messages import InputRecord, Result
 from badge_worker.service.processor import Processor
 from badge_worker.settings import Settings
@@ -281,3 +282,56 @@ async def test_refusals_are_marked_before_a_rebuild_in_the_same_batch(settings: 
          record(s, ORG, 4, {"requestId": "t1", "badgeMetaId": "tight", "customerId": 662})])  # counters lost
     assert [r.code for r in second] == [830, 200]
     assert processor.marked_then == [1]
+
+
+class RebuiltBeforeTheMarkers(Repositories):
+    """Real repositories where, just before the first refusal's marker is written, Redis
+    loses the badge's counters and another worker rebuilds them from MongoDB (a FLUSHALL, then
+    any earn of that badge in another process): the rebuild reads the refused earn's intent
+    as pending."""
+
+    def __init__(self, mongo: Repositories, store: RedisStore, badge: str) -> None:
+        super().__init__(mongo.db)
+        self.store, self.badge, self.hook_fired, self.armed = store, badge, False, False
+
+    async def _lose_and_rebuild(self) -> None:
+        if self.armed and not self.hook_fired:
+            self.hook_fired = True
+            lost = [k async for k in self.store.client.scan_iter(match=f"{self.store.prefix}:{{{ORG}:{self.badge}}}:*")]
+            await self.store.client.delete(*lost)
+            await counters.rebuild_badge(self.store, self, ORG, self.badge)
+
+    async def reject_intents(self, intents: Any) -> list[BaseException | None]:
+        await self._lose_and_rebuild()
+        return await super().reject_intents(intents)
+
+    async def reject_intent(self, intent: Any) -> None:
+        await self._lose_and_rebuild()
+        await super().reject_intent(intent)
+
+
+@pytest.mark.parametrize("staged", [True, False])
+async def test_a_rebuild_between_a_refusal_and_its_marker_leaves_no_count_behind(
+        settings: Settings, mongo: Repositories, redis_client: Redis, staged: bool) -> None:
+    """One earn a day fits the badge (and one per customer): customer 671's earn is refused
+    (831). Had the rebuild's provisional count of it stayed, Redis would hold one earn of 671
+    that MongoDB does not (and 671's next earn would be refused 830 holding nothing)."""
+    s = settings
+    await load(mongo, live_badge("daily1", customerConstraints=[
+        {"constraintType": "CUSTOMER_BADGE_FIXED_VALUE", "maxEarnLimit": 1}], badgeConstraints=[
+        {"constraintType": "BADGE_FIXED_WINDOW", "durationType": "DAYS", "maxEarnLimit": 1}]))
+    store = RedisStore(redis_client, s.redis_key_prefix)
+    repos = RebuiltBeforeTheMarkers(mongo, store, "daily1")
+    processor = Processor(repos, store, RequestCache(redis_client, s.redis_key_prefix))
+    first = await processor.process_batch([record(s, ORG, 0, {"requestId": "d0", "badgeMetaId": "daily1",
+                                                              "customerId": 670})])
+    assert [r.code for r in first] == [200]
+    repos.armed = True
+    refused = record(s, ORG, 1, {"requestId": "d1", "badgeMetaId": "daily1", "customerId": 671})
+    if staged:
+        second = await processor.process_batch([refused])
+    else:
+        second = [await processor.handle(refused, decode(refused.value, refused.stream))]
+    assert [r.code for r in second] == [831]
+    assert repos.hook_fired
+    assert await counters.check_badge(store, mongo, ORG, "daily1") == []

@@ -234,6 +234,7 @@ class RedisStore:
         self.calls = ScriptBatcher(client, raw=self.pipe)  # reserve and release: one pipeline per loop tick
         self._reserve: AsyncScript = client.register_script(_lua("reserve.lua"))
         self._release: AsyncScript = client.register_script(_lua("release.lua"))
+        self._release_restored: AsyncScript = client.register_script(_lua("release_restored.lua"))
         self._begin: AsyncScript = client.register_script(_lua("rebuild_begin.lua"))
         self._clear: AsyncScript = client.register_script(_lua("rebuild_clear.lua"))
         self._load: AsyncScript = client.register_script(_lua("rebuild_load.lua"))
@@ -473,6 +474,18 @@ class RedisStore:
                 keys.append(self.counter_key(org, badge, ref.counter))
                 args += [ref.kind, str(len(keys))]
         reply = await self._declared(self._release, keys, args)
+        status = _text(reply[0])
+        if status == "REBUILD":
+            raise NeedsRebuild(badge, _text(reply[1]))
+        self.observe(org, badge, int(reply[1]))
+        return status
+
+    async def release_restored(self, org: int, badge: str, request_id: str) -> str:
+        """Give back the provisional reservation a rebuild restored for a refused earn
+        (release_restored.lua): RELEASED, or NONE when there is none. Raises NeedsRebuild."""
+        keys = [self.ready_key(org, badge), self.reservation_key(org, badge, request_id), self.index_key(org, badge),
+                self.lifetime_key(org, badge)]
+        reply = await self._declared(self._release_restored, keys, [request_id, self.memory(org, badge).floor])
         status = _text(reply[0])
         if status == "REBUILD":
             raise NeedsRebuild(badge, _text(reply[1]))

@@ -362,9 +362,11 @@ class Processor:
                 await self.repos.reopen_intent(intent["_id"])
             result = await self._reserve(cmd, plan)
             if result.status == "FULL":
-                # Nothing is held: reserve.lua gave back a provisional hold itself. Releasing
-                # here could give back a hold a newer owner of this partition has just taken.
+                # Nothing is held: reserve.lua gave back a provisional hold itself. A full release
+                # here could give back a hold a newer owner of this partition has just taken;
+                # only what a rebuild restored since the refusal is given back.
                 await self.repos.reject_intent(intent)
+                await self._release_restored([(cmd.orgId, cmd.badgeMetaId, cmd.requestId, result.seq)])
                 check = plan.checks[result.index]
                 return rules.limit_rejection(check, LimitUsage(result.count, result.blocking_event))
             counts = result.counts
@@ -444,7 +446,7 @@ class Processor:
             again += [n for (n, _, _), e in zip(taking, errors, strict=True) if e is not None]
             taking = [t for t, e in zip(taking, errors, strict=True) if e is None]
         # 3. the limits, every earn's in one pipeline
-        rejecting: list[tuple[int, Doc]] = []
+        rejecting: list[tuple[int, Doc, int]] = []  # (item, intent body, seq of the refusal)
         if taking:
             for org, badge_id in dict.fromkeys((items[n][1].orgId, items[n][1].badgeMetaId) for n, _, _ in taking):
                 await counters.know_badge(self.store, self.repos, org, badge_id)
@@ -461,7 +463,7 @@ class Processor:
                 elif result.status == "OK":
                     earning.append((n, plan, body, result.counts))
                 else:
-                    rejecting.append((n, body))
+                    rejecting.append((n, body, result.seq))
                     check = plan.checks[result.index]
                     done[n] = envelope(EARN, items[n][1].orgId, items[n][1].requestId, None,
                                        rules.limit_rejection(check, LimitUsage(result.count, result.blocking_event)))
@@ -478,7 +480,7 @@ class Processor:
                     if isinstance(again_result, BaseException):
                         again.append(n)
                     elif again_result.status == "FULL":
-                        rejecting.append((n, body))
+                        rejecting.append((n, body, again_result.seq))
                         check = plan.checks[again_result.index]
                         done[n] = envelope(EARN, items[n][1].orgId, items[n][1].requestId, None,
                                            rules.limit_rejection(check, LimitUsage(again_result.count,
@@ -513,18 +515,47 @@ class Processor:
         return [results[n] for n in range(len(items))]
 
     async def _mark_rejected(self, items: Sequence[tuple[InputRecord, Command, LedgerEntry]],
-                             rejecting: Sequence[tuple[int, Doc]], done: dict[int, Doc], again: list[int]) -> None:
+                             rejecting: Sequence[tuple[int, Doc, int]], done: dict[int, Doc], again: list[int]
+                             ) -> None:
         """The rejection markers of refused staged earns, in one write; an earn whose marker
         did not get written loses its outcome and runs again through handle()."""
         if not rejecting:
             return
         errors = await self.repos.reject_intents([
-            {**body, "orgId": items[n][1].orgId, "requestId": items[n][1].requestId} for n, body in rejecting])
+            {**body, "orgId": items[n][1].orgId, "requestId": items[n][1].requestId} for n, body, _ in rejecting])
         _raise_infra(errors)
-        for (n, _), error in zip(rejecting, errors, strict=True):
+        marked: list[tuple[int, str, str, int]] = []
+        for (n, _, seq), error in zip(rejecting, errors, strict=True):
             if error is not None:
                 done.pop(n)
                 again.append(n)
+            else:
+                marked.append((items[n][1].orgId, items[n][1].badgeMetaId, items[n][1].requestId, seq))  # type: ignore[arg-type]
+        await self._release_restored(marked)
+
+    async def _release_restored(self, refused: Sequence[tuple[int, str, str, int]]) -> None:
+        """Refused earns (org, badge, requestId, seq of the refusal) whose rejection markers are
+        written: a rebuild that read MongoDB between a refusal and its marker counted the earn
+        as pending (a provisional reservation nobody would confirm or give back: a customer
+        refused 830 while holding nothing, seen in a CHAOS_LONG run). Where the badge's
+        generation moved on since the refusal, give back what such a rebuild restored."""
+        by_badge: dict[tuple[int, str], list[tuple[str, int]]] = {}
+        for org, badge_id, request_id, seq in refused:
+            by_badge.setdefault((org, badge_id), []).append((request_id, seq))
+        for (org, badge_id), earns in by_badge.items():
+            state = await self.store.badge_state(org, badge_id)
+            current = int(state["seq"]) // K.SEQ_GENERATION if state and state.get("seq", "").isdigit() else None
+            for request_id, seq in earns:
+                if current == seq // K.SEQ_GENERATION:
+                    continue  # no rebuild since the refusal: nothing was restored
+                for _ in range(5):
+                    try:
+                        await self.store.release_restored(org, badge_id, request_id)
+                        break
+                    except NeedsRebuild as exc:  # the next rebuild reads the marker: then nothing is restored
+                        await self.rebuild(org, badge_id, exc.why)
+                else:
+                    raise InfrastructureUnavailable("badge counters could not be rebuilt")
 
     async def _reserve(self, cmd: Command, plan: rules.EarnPlan) -> Any:
         """Check and take the earn's limits in Redis (reserve.lua). Rebuild the badge's counters
