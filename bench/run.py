@@ -200,6 +200,18 @@ def earn_bodies(n: int, tag: str, badge_id: str, per_customer: int = 1, first_cu
              "customerId": first_customer + i % customers} for i in range(n)]
 
 
+def reuse_bodies(n: int, tag: str, badge_id: str) -> list[dict[str, Any]]:
+    """n commands, every 4th a second message with the requestId of an earn sent 200 messages
+    before (a producer's retry, answered 809): its first use is decided or still in flight."""
+    firsts = earn_bodies(n - n // 4, tag, badge_id)
+    bodies: list[dict[str, Any]] = []
+    for i, body in enumerate(firsts):
+        bodies.append(body)
+        if i % 3 == 2 and len(bodies) < n:
+            bodies.append(dict(firsts[i - 150 if i >= 150 else i]))
+    return bodies[:n]
+
+
 async def prepare(s: Settings, *badges: BadgeDefinition, stored: int = 0) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(s.mongodb_uri)
     try:
@@ -499,8 +511,8 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="earns/s offered in the latency phase")
     parser.add_argument("--log", type=Path, default=Path("bench-workers.log"), help="the workers' own logs")
     parser.add_argument("--profile", type=Path, help="sample every worker with py-spy into this folder")
-    parser.add_argument("--only", nargs="*", help="run these phases only (ceiling accept reject two naive "
-                                                  "restart stored latency)")
+    parser.add_argument("--only", nargs="*", help="run these phases only (ceiling accept reject reuse two "
+                                                  "naive restart stored latency)")
     args = parser.parse_args()
     global PROFILE
     PROFILE = args.profile
@@ -508,7 +520,8 @@ async def main() -> None:
         parser.error("--profile needs py-spy: .venv/bin/pip install py-spy")
     n = args.earns or (4_000 if args.quick else 20_000)
     stored = args.stored if args.stored is not None else (100_000 if args.quick else 1_000_000)
-    phases = set(args.only or ["ceiling", "accept", "reject", "two", "naive", "restart", "stored", "latency"])
+    phases = set(args.only or ["ceiling", "accept", "reject", "reuse", "two", "naive", "restart", "stored",
+                               "latency"])
     base = Settings()
     ceiling_rate = float("nan")
     wide = badge("accept", **WIDE)
@@ -533,6 +546,9 @@ async def main() -> None:
         say("reject")
         rows.append(await drain("worker reject", base, earn_bodies(n, "r", "reject", per_customer=3),
                                 badge("reject", **tight(n)), log=args.log))
+    if "reuse" in phases:
+        say("reuse")
+        rows.append(await drain("worker reuse", base, reuse_bodies(n, "u", "accept"), wide, log=args.log))
     if "two" in phases:
         say("two workers")
         rows.append(await drain("2 workers accept", base, earn_bodies(n, "t", "accept"), wide, processes=2,
@@ -580,6 +596,9 @@ async def main() -> None:
                accept.rate >= 0.1 * ceiling_rate)
         target("worker CPU ms per earn (<= 0.3)", accept.cpu_ms("worker"), accept.cpu_ms("worker") <= 0.3)
         target("worker peak RSS MB (<= 150)", accept.rss_mb, accept.rss_mb <= 150)
+        if "worker reuse" in by:
+            print(f"  reuse-heavy (1 in 4 a reused requestId) / accept-heavy rate: "
+                  f"{by['worker reuse'].rate / accept.rate:.2f}x")
         for name, goal, what in (("worker reject", 0.8, "rejection-heavy / accept-heavy rate (>= 0.8)"),
                                  ("restart after SIGKILL", 0.8, "restarted / warm rate (>= 0.8)")):
             if name in by:
