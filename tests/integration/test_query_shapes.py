@@ -196,8 +196,9 @@ async def test_reused_request_ids_read_only_the_ledger(
         settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
     """Other messages reusing the requestIds of 20 earns (no restart), 10 of them decided (an
     outcome stored) and 10 not (their worker stopped before storing it): the worker confirms
-    each reuse in the ledger, and reads neither the outcomes nor the per-command collections
-    (the first user's state does not change a reuse's answer, 809)."""
+    each reuse in the ledger, with one find by the origin block of the first users (which the
+    cache names), and reads neither the outcomes nor the per-command collections (the first
+    user's state does not change a reuse's answer, 809)."""
     await load(mongo, live_badge("reuse-b"))
     finds = Finds()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
@@ -215,8 +216,9 @@ async def test_reused_request_ids_read_only_the_ledger(
         await client.close()
     assert [r.code for r in first] == [200] * 20
     assert [r.code for r in reused] == [809] * 20
-    assert finds.asked.get("requests") == {f"u{i}" for i in range(20)}
-    assert set(finds.count) == {"requests"}, finds.count
+    # confirmed in the ledger by the block of the first users' offsets, not by requestId
+    assert finds.blocks == {"requests": ["t.earns/0/0"]}, finds.blocks
+    assert not any(finds.asked.values()) and not finds.count, (finds.asked, finds.count)
 
 
 async def test_a_cache_naming_another_first_user_is_checked_against_the_ledger_and_resumed(

@@ -104,6 +104,9 @@ RequestKey = tuple[int, str]  # (orgId, requestId)
 # document of the collection decoded and compared in FerretDB. Measured at 20,000 documents:
 # `$in` of 10 values 761 ms, 10 equality finds 170 ms in all (the break-even is ~45 values).
 EQUALITY_FINDS_MAX = 32
+# Reused requestIds are confirmed by the origin block of their first user (per the cache) when
+# they point at no more blocks than this; else by requestId.
+REUSED_BLOCKS_MAX = 8
 
 
 def ignores_indexes(build_info: Doc) -> bool:
@@ -161,6 +164,7 @@ class _Prefetch:
     blocks: dict[RequestKey, str] = field(default_factory=dict)  # earns in flight: read by block
     origins: dict[RequestKey, set[str]] = field(default_factory=dict)  # the messages asking for each key
     any_origin: set[RequestKey] = field(default_factory=set)  # keys asked for without their message's origin
+    reused: dict[RequestKey, str] = field(default_factory=dict)  # reuses: the first user's origin, per the cache
 
 
 @dataclass(frozen=True)
@@ -368,7 +372,8 @@ class Repositories:
     # ---- the requestId ledger
     async def prefetch_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str] | None = None, *,
                               restart: bool = False, blocks: Mapping[RequestKey, str] | None = None,
-                              origins: Iterable[tuple[RequestKey, str]] | None = None) -> ResumeState:
+                              origins: Iterable[tuple[RequestKey, str]] | None = None,
+                              reused: Mapping[RequestKey, str] | None = None) -> ResumeState:
         """What MongoDB holds for `keys` (see ResumeState); `kinds`: the command types among
         them, so that only the collections they write are read; `restart`: some were in flight
         when a worker stopped (the batches of other partitions are waited for longer);
@@ -377,7 +382,9 @@ class Repositories:
         state (it is looked up alone, if at all); `origins`: (key, origin) of the messages
         asking, so that for a key whose ledger entry is another message's (its requestId
         reused: the asker's answer is 809) only the ledger is read. Without them every entry
-        is taken as possibly the asker's own.
+        is taken as possibly the asker's own; `reused`: requestIds the cache says another
+        message used first, with that message's origin — confirmed in the ledger by the block
+        of that origin (see _load_reused).
 
         The batches of every partition that ask within PREFETCH_WINDOW_S share one read: on
         FerretDB each find reads the whole collection whatever its filter (measured: seconds
@@ -393,6 +400,7 @@ class Repositories:
         pending.kinds.update(kinds if kinds is not None else ("earn", "issue"))
         pending.restart |= restart
         pending.blocks.update(blocks or {})
+        pending.reused.update(reused or {})
         if origins is None:
             pending.any_origin.update(keys)
         else:
@@ -409,7 +417,7 @@ class Repositories:
                 began = time.monotonic()
                 owners = {key: found for key, found in pending.origins.items() if key not in pending.any_origin}
                 state = await self._load_resume(pending.keys, pending.kinds, restart=pending.restart,
-                                                blocks=pending.blocks, owners=owners)
+                                                blocks=pending.blocks, owners=owners, reused=pending.reused)
                 pending.done.set_result(state)
                 log.info("resume_loaded", keys=len(state.keys), by_block=len(pending.blocks), ledger=len(state.ledger),
                          outcomes=len(state.outcomes), intents=len(state.intents), earned=len(state.earned),
@@ -426,25 +434,51 @@ class Repositories:
 
     async def _load_resume(self, keys: Iterable[RequestKey], kinds: Iterable[str], *, restart: bool = False,
                            blocks: Mapping[RequestKey, str] | None = None,
-                           owners: Mapping[RequestKey, Collection[str]] | None = None) -> ResumeState:
-        """`keys` by requestId, `blocks` (less the keys also asked by requestId) by block, side
-        by side; one state for both. `owners`: the origins asking for a key (see
-        _load_by_request)."""
+                           owners: Mapping[RequestKey, Collection[str]] | None = None,
+                           reused: Mapping[RequestKey, str] | None = None) -> ResumeState:
+        """`keys` by requestId, `blocks` by block, `reused` by their first user's block (each
+        less the keys of the ones before), side by side; one state for all. `owners`: the
+        origins asking for a key (see _load_by_request)."""
         asked = set(keys)
         by_block = {key: block for key, block in (blocks or {}).items() if key not in asked}
+        confirm = {key: first for key, first in (reused or {}).items() if key not in asked and key not in by_block}
+        if len({origin_block(first) for first in confirm.values()}) > REUSED_BLOCKS_MAX:
+            asked |= set(confirm)
+            confirm = {}
         nothing = ResumeState()
-        by_request, from_blocks = await asyncio.gather(
+        states = await asyncio.gather(
             self._load_by_request(asked, kinds, restart=restart, owners=owners) if asked else _ready(nothing),
-            self._load_by_block(by_block) if by_block else _ready(nothing))
-        if not by_block:
-            return by_request
-        if not asked:
-            return from_blocks
-        for name in ("ledger", "outcomes", "earned", "intents", "issues", "revoked_issues"):
-            getattr(by_request, name).update(getattr(from_blocks, name))
-        by_request.keys |= from_blocks.keys
-        by_request.rejected |= from_blocks.rejected
-        return by_request
+            self._load_by_block(by_block) if by_block else _ready(nothing),
+            self._load_reused(confirm) if confirm else _ready(nothing))
+        found = [state for state in states if state is not nothing]
+        if confirm and (unconfirmed := set(confirm) - states[2].keys):
+            # the cache was wrong (a data loss): these are read by requestId after all, every
+            # collection (the asker's command may be any type)
+            found.append(await self._load_by_request(unconfirmed, ("earn", "issue"), restart=restart, owners=owners))
+        merged, *others = found or [nothing]
+        for other in others:
+            for name in ("ledger", "outcomes", "earned", "intents", "issues", "revoked_issues"):
+                getattr(merged, name).update(getattr(other, name))
+            merged.keys |= other.keys
+            merged.rejected |= other.rejected
+        return merged
+
+    async def _load_reused(self, reused: Mapping[RequestKey, str]) -> ResumeState:
+        """The ledger entries of requestIds the cache says another message used first (key ->
+        its origin), read by that origin's block (one equality find per block, which FerretDB
+        filters in PostgreSQL; a `requestId: {$in}` has it decode every document). The state
+        vouches only for keys whose entry there is that message's: a reuse, answered 809 from
+        the ledger alone. The other keys (the cache was wrong, e.g. after a data loss) are read
+        by requestId next (_load_resume)."""
+        names = sorted({origin_block(first) for first in reused.values()})
+        found = await asyncio.gather(*(self.requests.find({K.ORIGIN_BLOCK_FIELD: name}).to_list() for name in names))
+        state = ResumeState()
+        for d in (d for docs in found for d in docs):
+            key: RequestKey = (d["orgId"], d["requestId"])
+            if reused.get(key) == d["origin"]:
+                state.ledger[key] = d
+                state.keys.add(key)
+        return state
 
     async def _load_by_block(self, blocks: Mapping[RequestKey, str]) -> ResumeState:
         """What the earns of `blocks` wrote, read with one find per collection and block: all

@@ -141,7 +141,9 @@ class Processor:
         # asker's origin goes along: a requestId whose ledger entry is another message's (a reuse:
         # 809) costs the ledger alone.
         by_block = {i for i in unsure if claims[i].resuming and decoded[i].type is CommandType.EARN}
-        by_request = [i for i in unsure if i not in by_block]
+        # A reuse per the cache is confirmed by the block of the first user's offset instead.
+        reused = {i for i in unsure if claims[i].first_origin is not None}
+        by_request = [i for i in unsure if i not in by_block and i not in reused]
         resume = await self.repos.prefetch_resume(
             [(decoded[i].orgId, decoded[i].requestId) for i in by_request],  # type: ignore[misc]
             {decoded[i].type.value for i in by_request},  # type: ignore[union-attr]
@@ -149,7 +151,9 @@ class Processor:
             blocks={(decoded[i].orgId, decoded[i].requestId): origin_block(records[i].origin)  # type: ignore[misc]
                     for i in by_block},
             origins=[((decoded[i].orgId, decoded[i].requestId), records[i].origin)  # type: ignore[misc]
-                     for i in unsure]) if unsure else None
+                     for i in unsure],
+            reused={(decoded[i].orgId, decoded[i].requestId): claims[i].first_origin  # type: ignore[misc]
+                    for i in reused}) if unsure else None
         groups: dict[object, list[int]] = {}
         for i, item in enumerate(decoded):
             key = item.entity_key if isinstance(item, Command) else ("undecodable", i)
