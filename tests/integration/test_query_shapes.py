@@ -130,18 +130,20 @@ async def test_every_query_the_worker_issues_is_served_by_an_index_it_creates(
 
 
 class Finds(monitoring.CommandListener):
-    """The requestIds each find asked a collection about (its `requestId: {$in}` filter), and
-    the origin blocks."""
+    """The requestIds each find asked a collection about (its `requestId: {$in}` filter), the
+    origin blocks, and every filter."""
 
     def __init__(self) -> None:
         self.asked: dict[str, set[str]] = {}
         self.count: Counter[str] = Counter()  # finds by requestId or _id, per collection
         self.blocks: dict[str, list[str]] = {}  # finds by origin block, per collection
+        self.finds: dict[str, list[dict[str, Any]]] = {}  # every find's filter, per collection
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name != "find":
             return
         flt = event.command.get("filter") or {}
+        self.finds.setdefault(str(event.command["find"]), []).append(dict(flt))
         wanted = flt.get("requestId")
         ids = wanted.get("$in", []) if isinstance(wanted, dict) else [wanted] if wanted is not None else []
         if wanted is not None or "_id" in flt:
@@ -268,23 +270,6 @@ async def test_on_ferretdb_v1_only_the_unique_indexes_are_created(mongo: Reposit
         assert created == {name: {"_id_"} | declared[name] for name in declared}, created
 
 
-class Filters(monitoring.CommandListener):
-    """The filter of every find, per collection."""
-
-    def __init__(self) -> None:
-        self.finds: dict[str, list[dict[str, Any]]] = {}
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
-            self.finds.setdefault(str(event.command["find"]), []).append(dict(event.command.get("filter") or {}))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def test_where_every_find_scans_a_few_keys_are_read_by_equality_and_give_the_same_state(
         settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
     """FerretDB v1 filters an equality in PostgreSQL but decodes every document for an `$in`:
@@ -309,7 +294,7 @@ async def test_where_every_find_scans_a_few_keys_are_read_by_equality_and_give_t
     assert {r.code for r in first} == {200, 830}
     await mongo.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first[:20]
                                       if r.ledger is not None)
-    filters = Filters()
+    filters = Finds()
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[filters])
     try:
         by_in = Repositories(client[settings.mongodb_database])
