@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis
 
 from badge_worker import constants as K
-from badge_worker.adapters.mongo import EQUALITY_FINDS_MAX, Repositories, ignores_indexes
+from badge_worker.adapters.mongo import EQUALITY_FINDS_MAX, REUSED_BLOCKS_MAX, Repositories, ignores_indexes
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.domain.commands import Stream
@@ -328,3 +328,25 @@ async def test_where_every_find_scans_a_few_keys_are_read_by_equality_and_give_t
 def comparable(state: Any) -> dict[str, Any]:
     return {name: getattr(state, name) for name in ("keys", "ledger", "outcomes", "earned", "intents", "rejected",
                                                     "issues", "revoked_issues")}
+
+
+async def test_reuses_of_first_users_in_many_blocks_are_read_by_request_id(
+        settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
+    """First users spread over more origin blocks than REUSED_BLOCKS_MAX: their reuses are
+    confirmed by requestId instead (one read, not a find per block), and still answered 809."""
+    await load(mongo, live_badge("spread-b"))
+    finds = Finds()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongodb_uri, event_listeners=[finds])
+    try:
+        processor = monitored_processor(client, settings, redis_client)
+        bodies = [{"orgId": ORG, "requestId": f"s{i}", "badgeMetaId": "spread-b", "customerId": 2500 + i}
+                  for i in range(REUSED_BLOCKS_MAX + 2)]
+        first = await processor.process_batch([record(i * K.ORIGIN_BLOCK_OFFSETS, b) for i, b in enumerate(bodies)])
+        finds.asked.clear()
+        finds.blocks.clear()
+        reused = await processor.process_batch([record(90_000 + i, b) for i, b in enumerate(bodies)])
+    finally:
+        await client.close()
+    assert [r.code for r in first] == [200] * len(bodies)
+    assert [r.code for r in reused] == [809] * len(bodies)
+    assert finds.asked.get("requests") == {b["requestId"] for b in bodies} and not finds.blocks, finds.blocks

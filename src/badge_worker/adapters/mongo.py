@@ -443,7 +443,10 @@ class Repositories:
         by_block = {key: block for key, block in (blocks or {}).items() if key not in asked}
         confirm = {key: first for key, first in (reused or {}).items() if key not in asked and key not in by_block}
         if len({origin_block(first) for first in confirm.values()}) > REUSED_BLOCKS_MAX:
+            # by requestId, then, every collection: one the cache calls a reuse may be the
+            # asker's own (the cache was wrong), of any command type
             asked |= set(confirm)
+            kinds = {*kinds, "earn", "issue"}
             confirm = {}
         nothing = ResumeState()
         states = await asyncio.gather(
