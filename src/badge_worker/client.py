@@ -83,6 +83,9 @@ class Collector:
                                          enable_auto_commit=False, fetch_max_wait_ms=50)
         self.outcomes: list[Outcome] = []
         self._cursor = 0  # outcomes before this index were handed out by a wait_* call
+        # (topic, partition, offset) of every record taken: one the client hands out again (a
+        # refetch around a leader change) is the same outcome, not a second one
+        self._taken: set[tuple[str, int, int]] = set()
 
     async def __aenter__(self) -> Collector:
         await ensure_topics(self.settings)
@@ -103,6 +106,9 @@ class Collector:
         fresh = []
         for tp, records in batch.items():
             for rec in records:
+                if (tp.topic, tp.partition, rec.offset) in self._taken:
+                    continue
+                self._taken.add((tp.topic, tp.partition, rec.offset))
                 headers = {k: v.decode() for k, v in rec.headers or ()}
                 coord = (headers.get(K.H_INPUT_TOPIC, ""), int(headers.get(K.H_INPUT_PARTITION, -1)),
                          int(headers.get(K.H_INPUT_OFFSET, -1)))
