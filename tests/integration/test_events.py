@@ -23,8 +23,9 @@ from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.client import Collector, Coord, Publisher
 from badge_worker.domain.commands import Stream
-from badge_worker.domain.events import EVENT_KEY, EventName, event_id
+from badge_worker.domain.events import EVENT_KEY, EventName, event_id, split
 from badge_worker.domain.timeutil import iso, parse_instant
+from badge_worker.service import messages
 from badge_worker.service.commit import _send_all, commit_batch
 from badge_worker.service.messages import InputRecord, Result
 from badge_worker.service.ownership import Bounds
@@ -203,9 +204,15 @@ async def publish_aborted(producer: Any, s: Settings, results: list[Result]) -> 
     await producer.abort_transaction()
 
 
+def published(results: list[Result]) -> list[tuple[bytes | None, bytes | None]]:
+    """The bytes each result's outcome and event go out as."""
+    return [(kafka_io.encode(split(r.outcome)[0]), None if r.event is None else kafka_io.encode_event(r.event))
+            for r in results]
+
+
 async def stored_like_the_worker(repos: Repositories, cache: RequestCache, results: list[Result]) -> None:
-    decided = [r for r in results if r.ledger is not None and not r.replayed]
-    await repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in decided)
+    decided = messages.decided(results)
+    await repos.ledger_store_outcomes(messages.outcome_documents(decided))
     await cache.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in decided)
 
 
@@ -237,7 +244,9 @@ async def test_a_redelivered_command_publishes_the_same_event_and_only_one_is_co
         keys = [k async for k in redis_client.scan_iter(match=f"{s.redis_key_prefix}:*", count=1000)]
         await redis_client.delete(*keys)  # Redis lost everything: the outcomes come from MongoDB
         from_mongodb = await processor.process_batch(cached)
-        assert all(r.replayed for r in from_mongodb)
+        # stored outcomes are sent again; a successful earn's is built again from its earned badge
+        assert [r.replayed for r in from_mongodb] == [r.code != 200 or r.outcome["type"] != "earn" for r in first]
+        assert published(from_mongodb) == published(first)  # byte for byte, event included
 
         before_crash = await processor.process_batch(resumed)
         # half of them as if killed between taking the limits and storing the earned badge

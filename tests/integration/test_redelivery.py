@@ -14,6 +14,7 @@ from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.domain.commands import Stream
+from badge_worker.service import messages
 from badge_worker.service.messages import InputRecord
 from badge_worker.service.processor import Processor
 from badge_worker.settings import Settings
@@ -57,7 +58,7 @@ async def test_a_redelivered_batch_reads_nothing_from_mongodb(
         first = await processor.process_batch(batch)
         # what the worker does before committing
         await cache.remember((r.outcome["orgId"], r.outcome["requestId"], r.outcome) for r in first)
-        await repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first if r.ledger is not None)
+        await repos.ledger_store_outcomes(messages.outcome_documents(messages.decided(first)))
         reads.commands.clear()
         again = await processor.process_batch(batch)  # the same records, delivered again
     finally:
@@ -118,7 +119,7 @@ async def test_after_redis_lost_its_keys_a_redelivered_batch_still_reads_mongodb
         batch = [record(i, {"orgId": ORG, "requestId": f"l{i}", "badgeMetaId": "lost-b", "customerId": 1 + i // 2})
                  for i in range(200)]
         first = await processor.process_batch(batch)
-        await repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in first if r.ledger is not None)
+        await repos.ledger_store_outcomes(messages.outcome_documents(messages.decided(first)))
         keys = [k async for k in redis_client.scan_iter(match=f"{settings.redis_key_prefix}:*", count=1000)]
         await redis_client.delete(*keys)  # Redis lost everything, counters included
         reads.commands.clear()

@@ -15,6 +15,7 @@ from badge_worker.adapters.kafka_io import MAX_OUTCOME_BYTES, dlq_headers, encod
 from badge_worker.domain.commands import Stream
 from badge_worker.domain.errors import ErrorCode, reject
 from badge_worker.domain.outcomes import MAX_ECHO, clip, envelope
+from badge_worker.service import messages
 from badge_worker.service.messages import InputRecord, Result
 from badge_worker.settings import Settings
 
@@ -252,3 +253,20 @@ def test_encode_survives_a_broken_str() -> None:
 
     body = json.loads(encode({"type": "earn", "data": {"x": Broken()}}))
     assert body["data"] == {"x": "<Broken>"}
+
+
+# ---------------------------------------------------------------- what is kept of a batch
+
+def test_every_decided_outcome_is_kept_and_only_an_earned_badge_needs_no_document() -> None:
+    def result(code: int | None, **extra: Any) -> Result:
+        rejection = reject(ErrorCode(code), "no") if code is not None else None
+        return Result(record([]), envelope("earn", 1, "r", None if rejection else {"n": 1}, rejection), **extra)
+
+    earned = result(None, ledger="e", from_earned_badge=True)
+    issued = result(None, ledger="i")
+    refused = result(830, ledger="f")
+    batch = [earned, issued, refused, result(500, ledger="x"), result(None, ledger="p", replayed=True),
+             result(804)]  # a 500, a replay and a command without a requestId are not kept
+    assert messages.decided(batch) == [earned, issued, refused]
+    assert messages.outcome_documents(messages.decided(batch)) == [
+        ("i", issued.outcome, "badges.earns/1/99"), ("f", refused.outcome, "badges.earns/1/99")]

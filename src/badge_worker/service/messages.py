@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -113,6 +114,9 @@ class Result:
     to_dlq: bool = False
     replayed: bool = False  # the stored first outcome was sent again
     ledger: Any = None  # the ledger entry (ObjectId) to store the outcome under
+    # a successful earn: its outcome and event are built from the stored earned badge, which
+    # answers any rerun the same, so no outcome document is stored (one write of four fewer)
+    from_earned_badge: bool = False
     error_type: str | None = None  # a 500: the class of the exception of its last attempt
     error_reason: str | None = None  # and its message
     span_id: str | None = None  # the worker's OpenTelemetry span of this command (tracing.py), if any
@@ -130,3 +134,17 @@ class Result:
     def code(self) -> int:
         errors = self.outcome.get("errors") or []
         return int(errors[0]["code"]) if errors else 200
+
+
+def decided(results: Iterable[Result]) -> list[Result]:
+    """The outcomes a run decided itself, kept for redeliveries (Redis caches every one): not
+    replays, not 500s (a DLQ replay of a 500 is meant to run it again), and only commands
+    with a ledger entry (a requestId) to keep them under."""
+    return [r for r in results if r.ledger is not None and not r.replayed and r.code != 500]
+
+
+def outcome_documents(decided: Iterable[Result]) -> list[tuple[Any, dict[str, Any], str]]:
+    """What MongoDB stores of them: (ledger entry, outcome, origin). A successful earn is left
+    out: every run of it builds its outcome from the earned badge stored first (resume.py),
+    so its copies agree without a document of their own."""
+    return [(r.ledger, r.outcome, r.record.origin) for r in decided if not r.from_earned_badge]

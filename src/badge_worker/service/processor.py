@@ -43,10 +43,13 @@ Doc = dict[str, Any]
 
 @dataclass(frozen=True)
 class Accepted:
-    """A command that succeeded: its outcome's data, and its notification event (none for claims)."""
+    """A command that succeeded: its outcome's data, and its notification event (none for claims).
+    `from_earned_badge`: both are built from the stored earned badge alone, so any rerun of the
+    command builds them again from there (its outcome needs no document of its own)."""
 
     data: Doc
     event: Doc | None = None
+    from_earned_badge: bool = False
 
 
 class BadgeCache:
@@ -275,15 +278,13 @@ class Processor:
                 # the same message was being processed when a worker stopped
                 resume = Resume(self.repos, cmd.orgId, cmd.requestId, state)
             ledger_id = entry.id
-        outcome = await self._execute(cmd, record, resume)
-        return Result(record, outcome, ledger=ledger_id)
+        decided = await self._handlers[cmd.type](cmd, record, resume)
+        return Result(record, self._execute_done(cmd, decided), ledger=ledger_id,
+                      from_earned_badge=isinstance(decided, Accepted) and decided.from_earned_badge)
 
     def _reused(self, record: InputRecord, cmd: Command, first_origin: str) -> Result:
         rejection = reject(ErrorCode.REQUEST_ID_REUSED, firstUsedBy=first_origin)
         return Result(record, envelope(cmd.type.value, cmd.orgId, cmd.requestId, None, rejection))
-
-    async def _execute(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Doc:
-        return self._execute_done(cmd, await self._handlers[cmd.type](cmd, record, resume))
 
     @staticmethod
     def _execute_done(cmd: Command, decided: Accepted | Rejection) -> Doc:
@@ -501,10 +502,12 @@ class Processor:
                                            for n, _, body, _ in earning]),
             self._mark_rejected(items, rejecting, done, again))
         _raise_infra(stored)
+        earned: set[int] = set()
         for (n, _, body, _), error in zip(earning, stored, strict=True):
             if error is None:
                 cmd, now = items[n][1], items[n][0].now
                 done[n] = self._execute_done(cmd, self._earned(cmd, body, now))
+                earned.add(n)
             else:
                 again.append(n)  # a duplicate: insert_earned answers with the one stored first
         # 5. the earns that left the common path, through handle() (idempotent)
@@ -515,7 +518,7 @@ class Processor:
         else:
             results = {}
         for n, outcome in done.items():
-            results[n] = Result(items[n][0], outcome, ledger=items[n][2].id)
+            results[n] = Result(items[n][0], outcome, ledger=items[n][2].id, from_earned_badge=n in earned)
         return [results[n] for n in range(len(items))]
 
     async def _mark_rejected(self, items: Sequence[tuple[InputRecord, Command, LedgerEntry]],
@@ -647,7 +650,7 @@ class Processor:
                                     issued_id=doc.get("issuedId"), expires_on=doc.get("expiresOn"),
                                     triggered_by=doc.get("triggeredBy"),
                                     constraints=doc.get("earnConstraints") or [])
-        return Accepted(data, event)
+        return Accepted(data, event, from_earned_badge=True)
 
     async def _revoke_issue(self, cmd: Command, record: InputRecord, resume: Resume | None) -> Accepted | Rejection:
         now = record.now

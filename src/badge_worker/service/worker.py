@@ -34,6 +34,7 @@ from badge_worker.adapters.request_cache import RequestCache
 from badge_worker.errors import is_infra_error, is_kafka_infra_error
 from badge_worker.health import HealthServer
 from badge_worker.metrics import BATCH_RECORDS, BATCH_SECONDS, DLQ, INFRA_RETRIES, LAG, OUTCOMES, READY
+from badge_worker.service import messages
 from badge_worker.service.commit import commit_batch
 from badge_worker.service.messages import InputRecord
 from badge_worker.service.ownership import Bounds, NotOwned, Ownership, Partition, bounded
@@ -396,11 +397,10 @@ class Worker:
             if spans is not None:
                 for r in results:
                     r.span_id = spans.span_id(r.record.offset)
-            # 500s are not stored: a DLQ replay of them is meant to run them again
-            decided = [r for r in results if r.ledger is not None and not r.replayed and r.code != 500]
+            decided = messages.decided(results)
             # MongoDB keeps the first outcome; if another run of a message stored one first,
             # that one is published (and cached), so every copy says the same.
-            stored = await self.repos.ledger_store_outcomes((r.ledger, r.outcome, r.record.origin) for r in decided)
+            stored = await self.repos.ledger_store_outcomes(messages.outcome_documents(decided))
             for r in decided:
                 if r.ledger in stored:
                     r.outcome = stored[r.ledger]
