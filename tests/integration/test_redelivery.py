@@ -10,6 +10,7 @@ from typing import Any
 from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Redis
 
+from badge_worker import constants as K
 from badge_worker.adapters.mongo import Repositories
 from badge_worker.adapters.redis_store import RedisStore
 from badge_worker.adapters.request_cache import RequestCache
@@ -24,10 +25,12 @@ from tests.integration.helpers import ORG, live_badge, load
 class Reads(monitoring.CommandListener):
     def __init__(self) -> None:
         self.commands: list[str] = []
+        self.filters: list[tuple[str, dict[str, Any]]] = []  # (collection, filter) of the finds
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name in ("find", "aggregate", "count"):
             self.commands.append(event.command_name)
+            self.filters.append((event.command[event.command_name], dict(event.command.get("filter") or {})))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
@@ -129,3 +132,10 @@ async def test_after_redis_lost_its_keys_a_redelivered_batch_still_reads_mongodb
     assert [r.outcome for r in again] == [r.outcome for r in first]
     ledger_and_outcome_reads = len(reads.commands)
     assert ledger_and_outcome_reads <= 10, reads.commands
+    # what the earns wrote is read by the block of their offsets, as for the earns the cache
+    # knows were in flight: FerretDB filters that in PostgreSQL (a requestId $in has it decode
+    # every document); the other reads are the rebuild of the lost counters, by badge
+    resume_reads = {name: f for name, f in reads.filters if "badgeMetaId" not in f and "_id" not in f}
+    by_block = {K.ORIGIN_BLOCK_FIELD: "t.earns/0/0"}
+    assert resume_reads == {name: by_block for name in (K.REQUESTS, K.OUTCOMES, K.EARNED, K.INTENTS, K.REJECTIONS)}, \
+        reads.filters

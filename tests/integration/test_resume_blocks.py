@@ -61,22 +61,25 @@ async def test_the_read_by_block_gives_what_the_read_by_request_id_gives(
     assert by_block.keys == keys  # nothing of the others
 
 
-async def test_a_key_whose_ledger_entry_is_not_in_its_block_is_left_to_the_per_key_reads(
+async def test_a_key_whose_ledger_entry_is_not_in_its_block_is_read_by_request_id_in_the_same_load(
         settings: Settings, mongo: Repositories, redis_client: Redis) -> None:
     """requestId r1 was first used by a message of another block (a reuse the cache lost), r2
-    was stored before blocks existed: the read by block knows nothing of either, so neither is
-    in its state (a Resume then asks MongoDB for it), and r3 next to them is."""
+    was stored before blocks existed: the read by block finds neither, so the same load reads
+    both by requestId (none is left to a find of its own), r1's ledger entry alone (the asker's
+    answer is 809); r3 next to them comes from its block."""
     await load(mongo, live_badge("blk-b"))
     processor = Processor(mongo, RedisStore(redis_client, settings.redis_key_prefix),
                           RequestCache(redis_client, settings.redis_key_prefix), badge_cache_ttl=60)
     await processor.process_batch([record(5000, earn("r1", 1)), record(10, earn("r3", 3))])
     await mongo.requests.insert_one({"orgId": ORG, "requestId": "r2", "origin": "t.earns/0/11", "type": "earn",
                                      "createdAt": time.time()})
-    blocks = {(ORG, "r1"): origin_block("t.earns/0/12"), (ORG, "r2"): origin_block("t.earns/0/11"),
-              (ORG, "r3"): origin_block("t.earns/0/10")}
-    state = await mongo.prefetch_resume([], [], restart=True, blocks=blocks)
-    assert state.keys == {(ORG, "r3")}
-    assert set(state.ledger) == {(ORG, "r3")} and set(state.earned) == {(ORG, "r3")}
+    askers = {(ORG, "r1"): "t.earns/0/12", (ORG, "r2"): "t.earns/0/11", (ORG, "r3"): "t.earns/0/10"}
+    blocks = {key: origin_block(origin) for key, origin in askers.items()}
+    state = await mongo.prefetch_resume([], [], restart=True, blocks=blocks, origins=list(askers.items()))
+    assert state.keys == set(askers)
+    assert {key: d["origin"] for key, d in state.ledger.items()} == {
+        (ORG, "r1"): "t.earns/0/5000", (ORG, "r2"): "t.earns/0/11", (ORG, "r3"): "t.earns/0/10"}
+    assert set(state.earned) == {(ORG, "r3")}  # r1's first user's earned badge is not read
     stored = await mongo.requests.find_one({"orgId": ORG, "requestId": "r1"})
     assert stored is not None and stored[K.ORIGIN_BLOCK_FIELD] == "t.earns/0/19"
 

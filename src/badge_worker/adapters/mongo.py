@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,8 +378,8 @@ class Repositories:
         them, so that only the collections they write are read; `restart`: some were in flight
         when a worker stopped (the batches of other partitions are waited for longer);
         `blocks`: earns that were in flight, each with the origin block of its message — read
-        by block (see _load_by_block), a key whose ledger entry is not there left out of the
-        state (it is looked up alone, if at all); `origins`: (key, origin) of the messages
+        by block (see _load_by_block), and a key whose ledger entry is not there by requestId
+        next; `origins`: (key, origin) of the messages
         asking, so that for a key whose ledger entry is another message's (its requestId
         reused: the asker's answer is 809) only the ledger is read. Without them every entry
         is taken as possibly the asker's own; `reused`: requestIds the cache says another
@@ -437,8 +437,9 @@ class Repositories:
                            owners: Mapping[RequestKey, Collection[str]] | None = None,
                            reused: Mapping[RequestKey, str] | None = None) -> ResumeState:
         """`keys` by requestId, `blocks` by block, `reused` by their first user's block (each
-        less the keys of the ones before), side by side; one state for all. `owners`: the
-        origins asking for a key (see _load_by_request)."""
+        less the keys of the ones before), side by side; then by requestId the keys of the
+        last two that their blocks did not hold. One state for all. `owners`: the origins
+        asking for a key (see _load_by_request)."""
         asked = set(keys)
         by_block = {key: block for key, block in (blocks or {}).items() if key not in asked}
         confirm = {key: first for key, first in (reused or {}).items() if key not in asked and key not in by_block}
@@ -454,10 +455,16 @@ class Repositories:
             self._load_by_block(by_block) if by_block else _ready(nothing),
             self._load_reused(confirm) if confirm else _ready(nothing))
         found = [state for state in states if state is not nothing]
+        later: list[Awaitable[ResumeState]] = []
+        if by_block and (elsewhere := set(by_block) - states[1].keys):
+            # ledger entries outside the asker's block (a reuse whose Redis key was lost, an
+            # entry from before blocks): by requestId, so that none is left to a find of its own
+            later.append(self._load_by_request(elsewhere, ("earn",), restart=restart, owners=owners))
         if confirm and (unconfirmed := set(confirm) - states[2].keys):
             # the cache was wrong (a data loss): these are read by requestId after all, every
             # collection (the asker's command may be any type)
-            found.append(await self._load_by_request(unconfirmed, ("earn", "issue"), restart=restart, owners=owners))
+            later.append(self._load_by_request(unconfirmed, ("earn", "issue"), restart=restart, owners=owners))
+        found += await asyncio.gather(*later)
         merged, *others = found or [nothing]
         for other in others:
             for name in ("ledger", "outcomes", "earned", "intents", "issues", "revoked_issues"):
@@ -488,9 +495,10 @@ class Repositories:
         that the messages of a block wrote (a few hundred offsets of one partition), kept for
         the wanted keys. The state holds the keys whose ledger entry is in the block: an entry
         elsewhere was written by another message (the requestId reused) or before blocks were
-        stored, and the key is left to the per-key reads. On FerretDB an equality filter is
-        evaluated by PostgreSQL, so only the block's documents are decoded (a `requestId: {$in}`
-        over 1,000 keys decoded and compared every document: 6 s in a bench restart)."""
+        stored, and the key is read by requestId next (_load_resume). On FerretDB an equality
+        filter is evaluated by PostgreSQL, so only the block's documents are decoded (a
+        `requestId: {$in}` over 1,000 keys decoded and compared every document: 6 s in a bench
+        restart)."""
         names = sorted(set(blocks.values()))
 
         async def read(collection: AsyncCollection[Doc], projection: Doc | None = None, *,

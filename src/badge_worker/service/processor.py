@@ -139,11 +139,12 @@ class Processor:
         # (`not seen` is "in fresh": a test on the list was O(batch²), 4.6% of the worker's samples)
         unsure = [i for i in asking if claims[i].resuming or claims[i].first_origin is not None
                   or (not claims[i].seen and i not in entries)]
-        # Earns this same message started before a stop are read by the block of their offsets
-        # (one cheap find per collection and block on FerretDB); the rest by requestId. Each
-        # asker's origin goes along: a requestId whose ledger entry is another message's (a reuse:
-        # 809) costs the ledger alone.
-        by_block = {i for i in unsure if claims[i].resuming and decoded[i].type is CommandType.EARN}
+        # Earns this same message started before a stop, or whose ledger entry exists though the
+        # cache knew nothing (Redis lost it), are read by the block of their offsets (one cheap
+        # find per collection and block on FerretDB); what the block does not hold, and the
+        # rest, by requestId. Each asker's origin goes along: a requestId whose ledger entry is
+        # another message's (a reuse: 809) costs the ledger alone.
+        by_block = {i for i in unsure if decoded[i].type is CommandType.EARN and claims[i].first_origin is None}
         # A reuse per the cache is confirmed by the block of the first user's offset instead.
         reused = {i for i in unsure if claims[i].first_origin is not None}
         by_request = [i for i in unsure if i not in by_block and i not in reused]
